@@ -1,0 +1,54 @@
+"""The frozen dual-encoder protocol that every prompt method is written against.
+
+A backbone never trains: prompt methods pass soft tokens *into* it (text context vectors as token
+embeddings, visual prompt tokens into the vision transformer) and differentiate through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..data.images import ImageTransform
+
+
+@dataclass
+class TokenizedText:
+    """Token ids padded to the context length, and each sequence's length including SOS and EOT."""
+
+    ids: Tensor  # (N, L) long
+    lengths: Tensor  # (N,) long
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A frozen image encoder + text encoder sharing an embedding space."""
+
+    name: str
+    embed_dim: int  # joint embedding width D
+    text_width: int  # token embedding width d of the text tower
+    vision_width: int  # token width d_v of the vision transformer
+    vision_layers: int  # number of transformer layers a deep visual prompt can reach
+    context_length: int  # maximum text sequence length (position embeddings)
+    transform: ImageTransform  # preprocessing for this backbone's image encoder
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def tokenize(self, texts: list[str]) -> TokenizedText: ...
+
+    def token_embeddings(self, ids: Tensor) -> Tensor:
+        """(N, L) ids -> (N, L, d) input embeddings, no position embedding."""
+
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
+        """(N, L, d) token embeddings (soft tokens allowed) -> (N, D) text features (unnormalized)."""
+
+    def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) -> (B, D). ``visual_prompts``: (M, d_v) shallow or (depth, M, d_v) deep."""
+
+    def logit_scale(self) -> Tensor: ...

@@ -1,0 +1,159 @@
+"""Any CLIP checkpoint in Hugging Face format (local directory or hub id), frozen.
+
+We run the towers with our own forward over HF's modules rather than calling ``CLIPModel``'s
+methods, because prompt tuning needs what those methods hide: text encoded from (soft) token
+embeddings, sequences truncated at the longest EOT, and visual prompt tokens inside the ViT.
+Weights and tokenizer come from the checkpoint unchanged, and tests check the result against
+``get_text_features`` / ``get_image_features``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.images import ImageTransform
+from .base import TokenizedText
+
+# OpenAI CLIP preprocessing, used when a checkpoint carries no preprocessor_config.json.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BackboneError(ValueError):
+    """A backbone spec that cannot be loaded (wrong path, unreachable hub id, bad files)."""
+
+
+def _block(layer: nn.Module, x: Tensor, causal: bool) -> Tensor:
+    """One pre-LN CLIP transformer layer (HF ``CLIPEncoderLayer`` weights), SDPA attention."""
+    attn = layer.self_attn
+    b, n, width = x.shape
+    h = layer.layer_norm1(x)
+    q, k, v = (proj(h).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=attn.scale)
+    x = x + attn.out_proj(o.transpose(1, 2).reshape(b, n, width))
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def _transform_from_checkpoint(path: Path | None, image_size: int) -> ImageTransform:
+    mean, std, size = CLIP_MEAN, CLIP_STD, image_size
+    cfg_file = path / "preprocessor_config.json" if path is not None else None
+    if cfg_file is not None and cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        mean = tuple(cfg.get("image_mean", mean))
+        std = tuple(cfg.get("image_std", std))
+        crop = cfg.get("crop_size", size)
+        size = crop.get("height", size) if isinstance(crop, dict) else int(crop)
+    return ImageTransform(size=size, mean=mean, std=std)
+
+
+class HFCLIPBackbone(nn.Module):
+    """Frozen ``transformers.CLIPModel`` behind the :class:`~gramprompt.backbones.base.Backbone` protocol."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, transform: ImageTransform,
+                 truncate: bool = True):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.transform = transform
+        self.truncate = truncate  # exact speed-up, see encode_text_embeddings
+        cfg = model.config
+        self.embed_dim = cfg.projection_dim
+        self.text_width = cfg.text_config.hidden_size
+        self.vision_width = cfg.vision_config.hidden_size
+        self.vision_layers = cfg.vision_config.num_hidden_layers
+        self.context_length = cfg.text_config.max_position_embeddings
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> "HFCLIPBackbone":
+        """Load from a local HF directory, or download a hub id (needs a network)."""
+        from transformers import AutoTokenizer, CLIPModel
+
+        local = Path(name_or_path).expanduser()
+        is_local = local.is_dir()
+        if not is_local and (local.exists() or name_or_path.startswith((".", "/", "~"))):
+            raise BackboneError(f"backbone path {name_or_path!r} is not a directory with a CLIP checkpoint")
+        try:
+            model = CLIPModel.from_pretrained(str(local) if is_local else name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else name_or_path)
+        except (OSError, ValueError) as err:
+            where = "local directory" if is_local else "hub id (is there a network?)"
+            raise BackboneError(f"could not load CLIP checkpoint {name_or_path!r} as a {where}: {err}") from err
+        transform = _transform_from_checkpoint(local if is_local else None, model.config.vision_config.image_size)
+        if not is_local:
+            try:  # the hub checkpoint's own preprocessing file, already in the local cache
+                from huggingface_hub import hf_hub_download
+
+                pre = Path(hf_hub_download(name_or_path, "preprocessor_config.json"))
+                transform = _transform_from_checkpoint(pre.parent, model.config.vision_config.image_size)
+            except Exception:  # noqa: BLE001 - keep the OpenAI defaults
+                pass
+        backbone = cls(model, tokenizer, name=f"hf:{name_or_path}", transform=transform)
+        return backbone.to(device=device or "cpu", dtype=dtype or torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.logit_scale.dtype
+
+    def tokenize(self, texts: list[str]) -> TokenizedText:
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.context_length, return_tensors="pt")
+        ids = enc["input_ids"].to(self.device)
+        return TokenizedText(ids=ids, lengths=enc["attention_mask"].sum(1).to(self.device))
+
+    def token_embeddings(self, ids: Tensor) -> Tensor:
+        return self.model.text_model.embeddings.token_embedding(ids)
+
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
+        """Causal transformer, pooled at the EOT token (position ``length - 1``).
+
+        The mask is causal and pooling reads position ``length - 1``, so positions after the
+        longest sequence's EOT cannot change any output: cutting them off is exact.
+        """
+        tm = self.model.text_model
+        n = int(lengths.max()) if self.truncate else embeds.shape[1]
+        if n > self.context_length:
+            raise ValueError(f"text sequence of {n} tokens exceeds the context length {self.context_length}")
+        x = embeds[:, :n] + tm.embeddings.position_embedding.weight[:n]
+        for layer in tm.encoder.layers:
+            x = _block(layer, x, causal=True)
+        x = tm.final_layer_norm(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        return self.model.text_projection(pooled)
+
+    def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+        """ViT with optional prompt tokens appended after the patch tokens.
+
+        Shallow ``(M, d_v)``: inserted once, before the pre-LayerNorm (as in VPT / MaPLe for CLIP).
+        Deep ``(depth, M, d_v)``: layer ``i < depth`` sees ``visual_prompts[i]`` in those slots.
+        Prompts carry no position embedding; pooling reads the CLS token as CLIP does.
+        """
+        vm = self.model.vision_model
+        x = vm.embeddings(pixels.to(self.dtype))
+        deep = visual_prompts is not None and visual_prompts.dim() == 3
+        if deep and visual_prompts.shape[0] > self.vision_layers:
+            raise ValueError(f"deep prompt depth {visual_prompts.shape[0]} > {self.vision_layers} layers")
+        m = 0
+        if visual_prompts is not None:
+            first = visual_prompts[0] if deep else visual_prompts
+            m = first.shape[0]
+            x = torch.cat([x, first.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        x = vm.pre_layrnorm(x)
+        for i, layer in enumerate(vm.encoder.layers):
+            if deep and 0 < i < visual_prompts.shape[0]:
+                x = torch.cat([x[:, :-m], visual_prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+            x = _block(layer, x, causal=False)
+        return self.model.visual_projection(vm.post_layernorm(x[:, 0]))
+
+    def logit_scale(self) -> Tensor:
+        return self.model.logit_scale.exp()

@@ -1,0 +1,114 @@
+"""The prompt-method protocol: named parameter tensors and a pure forward.
+
+A method owns no learnable state. Its parameters live in a plain ``dict[str, Tensor]`` that the
+caller creates with :meth:`PromptMethod.init_params` and passes to :meth:`PromptMethod.logits`;
+that is what lets GRAM meta-learn the initialization and regulate the updates of *any* method
+(``theta`` is just this dict, and ``theta'`` is another dict).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backbones.base import Backbone
+from .templates import DEFAULT_TEMPLATE
+from .text import TextCache, splice_context
+
+
+@dataclass
+class Batch:
+    """Images for one forward: frozen ``features`` (B, D) when the method leaves the image
+    encoder untouched (they can be cached), else ``pixels`` (B, 3, H, W)."""
+
+    features: Tensor | None = None
+    pixels: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.features if self.features is not None else self.pixels)
+
+
+@dataclass
+class PromptConfig:
+    """Prompt sizes and initialization. The paper uses 4 tokens (2 + 2 for UNIGRAM)."""
+
+    text_tokens: int = 4
+    text_init: str | None = None  # a phrase such as "a photo of a"; None: N(0, init_std)
+    visual_tokens: int = 4
+    visual_depth: int | None = None  # deep VPT: layers that get their own prompts (None: all)
+    init_std: float = 0.02
+
+
+class PromptMethod:
+    """Base class; subclasses set ``name``, ``groups`` and implement ``init_params``/``logits``."""
+
+    name: ClassVar[str]
+    uses_pixels: ClassVar[bool] = False  # True: the image encoder sees the prompts (no feature cache)
+    groups: ClassVar[dict[str, str]] = {}  # parameter name -> group ("text", "visual", "meta_net")
+
+    def __init__(self, backbone: Backbone, config: PromptConfig | None = None, *,
+                 template: str = DEFAULT_TEMPLATE, text_cache: TextCache | None = None):
+        self.backbone = backbone
+        self.config = config or PromptConfig()
+        self.template = template
+        self.text = text_cache or TextCache(backbone)
+
+    def with_template(self, template: str) -> "PromptMethod":
+        """The same method (and caches) for another dataset's hand-crafted template."""
+        other = copy.copy(self)
+        other.template = template
+        return other
+
+    def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
+        raise NotImplementedError
+
+    # -- helpers shared by the methods -------------------------------------------------------
+    def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        t = torch.randn(shape, generator=generator, dtype=torch.float32) * self.config.init_std
+        return t.to(self.backbone.device)
+
+    def _image_features(self, batch: Batch, visual_prompts: Tensor | None = None) -> Tensor:
+        if visual_prompts is None and batch.features is not None:
+            return batch.features
+        if batch.pixels is None:
+            raise ValueError(f"{self.name} needs pixels in the batch (its prompts enter the image encoder)")
+        return self.backbone.encode_image(batch.pixels, visual_prompts)
+
+    def _scores(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """Cosine similarity times CLIP's learned temperature, in float32. Text (C, D) or (B, C, D)."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        scale = self.backbone.logit_scale().float()
+        if txt.dim() == 3:
+            return scale * torch.einsum("bd,bcd->bc", img, txt)
+        return scale * img @ txt.t()
+
+    def _text_ctx_init(self, generator: torch.Generator) -> Tensor:
+        cfg = self.config
+        if cfg.text_init:
+            ctx = self.text.phrase_embeddings(cfg.text_init).float()
+            if cfg.text_tokens and ctx.shape[0] != cfg.text_tokens:
+                raise ValueError(f"init phrase {cfg.text_init!r} has {ctx.shape[0]} tokens, "
+                                 f"but {cfg.text_tokens} text tokens were asked for")
+            return ctx
+        return self._normal((cfg.text_tokens, self.backbone.text_width), generator)
+
+    def _visual_ctx_init(self, generator: torch.Generator, deep: bool) -> Tensor:
+        cfg, bb = self.config, self.backbone
+        if not deep:
+            return self._normal((cfg.visual_tokens, bb.vision_width), generator)
+        depth = cfg.visual_depth or bb.vision_layers
+        return self._normal((depth, cfg.visual_tokens, bb.vision_width), generator)
+
+    def _context_text_features(self, ctx: Tensor, classnames: list[str]) -> Tensor:
+        """Text features of ``[SOS] ctx <name>. [EOT]``: (C, D), or (B, C, D) for per-image ctx."""
+        embeds, lengths = splice_context(self.text.class_tokens(classnames), ctx)
+        feats = self.backbone.encode_text_embeddings(embeds, lengths)
+        return feats if ctx.dim() == 2 else feats.view(ctx.shape[0], len(classnames), -1)

@@ -1,0 +1,28 @@
+"""Hand-crafted prompt templates: CoOp's per-dataset templates, "a photo of a {}." otherwise."""
+from __future__ import annotations
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+# Keys are lower-cased canonical dataset names (see gramprompt.data.coop.canonical_name).
+DATASET_TEMPLATES: dict[str, str] = {
+    "oxfordpets": "a photo of a {}, a type of pet.",
+    "oxfordflowers": "a photo of a {}, a type of flower.",
+    "fgvcaircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanfordcars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenetsketch": "a photo of a {}.",
+    "imageneta": "a photo of a {}.",
+    "imagenetr": "a photo of a {}.",
+}
+
+
+def template_for(dataset_name: str) -> str:
+    key = dataset_name.lower().replace("-", "").replace("_", "")
+    return DATASET_TEMPLATES.get(key, DEFAULT_TEMPLATE)

@@ -1,0 +1,75 @@
+"""Text-side building blocks shared by the prompt methods: cached class-name tokens and soft context.
+
+A CoOp prompt is ``[SOS] ctx_1 .. ctx_M <class name> . [EOT]``. We tokenize ``"<name>."`` once per
+class set, keep its token embeddings (frozen, so computed once) truncated at the longest EOT, and
+splice the context vectors in after SOS. This is tokenizer-agnostic: nothing depends on how a
+placeholder word like "X" happens to be tokenized.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..backbones.base import Backbone
+
+
+@dataclass
+class ClassNameTokens:
+    embeds: Tensor  # (C, n, d): [SOS] name tokens "." [EOT] (+ pads), n = longest sequence
+    lengths: Tensor  # (C,) tokens up to and including EOT
+
+
+def splice_context(tokens: ClassNameTokens, ctx: Tensor) -> tuple[Tensor, Tensor]:
+    """Insert context vectors after SOS.
+
+    ``ctx`` (M, d) gives embeds (C, n + M, d); per-image ``ctx`` (B, M, d) gives (B * C, n + M, d),
+    image-major. Lengths grow by M.
+    """
+    emb = tokens.embeds
+    c, _, d = emb.shape
+    ctx = ctx.to(emb.dtype)
+    if ctx.dim() == 2:
+        out = torch.cat([emb[:, :1], ctx.expand(c, -1, -1), emb[:, 1:]], dim=1)
+        return out, tokens.lengths + ctx.shape[0]
+    b, m, _ = ctx.shape
+    out = torch.cat([emb[None, :, :1].expand(b, -1, -1, -1), ctx[:, None].expand(-1, c, -1, -1),
+                     emb[None, :, 1:].expand(b, -1, -1, -1)], dim=2)
+    return out.reshape(b * c, -1, d), tokens.lengths.repeat(b) + m
+
+
+class TextCache:
+    """Per-backbone caches of everything on the text side that does not depend on learned params."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self._tokens: dict[tuple[str, ...], ClassNameTokens] = {}
+        self._features: dict[tuple[str, tuple[str, ...]], Tensor] = {}
+
+    def class_tokens(self, classnames: list[str]) -> ClassNameTokens:
+        key = tuple(classnames)
+        if key not in self._tokens:
+            tok = self.backbone.tokenize([f"{name}." for name in classnames])
+            n = int(tok.lengths.max())
+            with torch.no_grad():
+                emb = self.backbone.token_embeddings(tok.ids[:, :n])
+            self._tokens[key] = ClassNameTokens(emb, tok.lengths)
+        return self._tokens[key]
+
+    def template_features(self, classnames: list[str], template: str) -> Tensor:
+        """Text features of hand-crafted prompts ``template.format(name)``, (C, D), no grad."""
+        key = (template, tuple(classnames))
+        if key not in self._features:
+            tok = self.backbone.tokenize([template.format(name) for name in classnames])
+            with torch.no_grad():
+                feats = self.backbone.encode_text_embeddings(self.backbone.token_embeddings(tok.ids), tok.lengths)
+            self._features[key] = feats
+        return self._features[key]
+
+    def phrase_embeddings(self, phrase: str) -> Tensor:
+        """Token embeddings of a phrase without SOS/EOT, (M, d): CoOp's phrase initialization."""
+        tok = self.backbone.tokenize([phrase])
+        n = int(tok.lengths[0])
+        with torch.no_grad():
+            return self.backbone.token_embeddings(tok.ids[:, 1:n - 1])[0].clone()

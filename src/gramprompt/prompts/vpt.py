@@ -1,0 +1,30 @@
+"""VPT (Jia et al., ECCV 2022) for CLIP's image encoder, hand-crafted prompts on the text side.
+
+Shallow: M prompt tokens after the patch tokens at the input. Deep: a new set at every layer
+(``visual_depth`` layers), replacing the previous layer's outputs in those slots.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Batch, PromptMethod
+
+
+class VPT(PromptMethod):
+    name = "vpt"
+    uses_pixels = True
+    groups = {"visual_ctx": "visual"}
+    deep = False
+
+    def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"visual_ctx": self._visual_ctx_init(generator, self.deep)}
+
+    def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
+        img = self._image_features(batch, params["visual_ctx"])
+        return self._scores(img, self.text.template_features(classnames, self.template))
+
+
+class VPTDeep(VPT):
+    name = "vpt-deep"
+    deep = True
