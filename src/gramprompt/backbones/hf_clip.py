@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.images import ImageTransform
+from ..data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from .base import TokenizedText
-
-# OpenAI CLIP preprocessing, used when a checkpoint carries no preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class BackboneError(ValueError):
@@ -74,6 +70,9 @@ class HFCLIPBackbone(nn.Module):
                         dtype: torch.dtype | None = None) -> "HFCLIPBackbone":
         """Load from a local HF directory, or download a hub id (needs a network)."""
         from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         local = Path(name_or_path).expanduser()
         is_local = local.is_dir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .bpe import clip_bpe_tokenizer
-from .hf_clip import CLIP_MEAN, CLIP_STD
+from ..data.images import CLIP_MEAN, CLIP_STD
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class PromptMethod:
 
     name: ClassVar[str]
     uses_pixels: ClassVar[bool] = False  # True: the image encoder sees the prompts (no feature cache)
+    text_per_image: ClassVar[bool] = False  # True: B * C text sequences per batch (evaluate in small chunks)
     groups: ClassVar[dict[str, str]] = {}  # parameter name -> group ("text", "visual", "meta_net")
 
     def __init__(self, backbone: Backbone, config: PromptConfig | None = None, *,

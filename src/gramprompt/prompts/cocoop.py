@@ -31,6 +31,7 @@ def meta_net(params: dict[str, Tensor], image_features: Tensor) -> Tensor:
 
 class CoCoOp(PromptMethod):
     name = "cocoop"
+    text_per_image = True
     groups = {"text_ctx": "text", "meta_w1": "meta_net", "meta_b1": "meta_net",
               "meta_w2": "meta_net", "meta_b2": "meta_net"}
 

@@ -1,0 +1,192 @@
+"""The ``gram`` command: few-shot prompt tuning, transfer evaluation, result tables, the demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .backbones import BackboneError, load_backbone
+from .backbones.registry import SPEC_FORMS
+from .data.dataset import DatasetError
+from .data.registry import SPEC_FORMS as DATASET_FORMS
+from .data.registry import dataset_names, load_dataset
+from .data.splits import NotEnoughShotsError
+from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer
+from .eval.table import render
+from .prompts import METHODS, PromptConfig
+from .runs import RunDir
+from .tuning.config import TuneConfig
+from .tuning.features import FeatureCache
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, help=f"backbone spec: {', '.join(SPEC_FORMS)}")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="precision of the frozen backbone")
+
+
+def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
+    d_tune, d_prompt = TuneConfig(), PromptConfig()
+    p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
+                   help=f"prompt method: {', '.join(METHODS)}")
+    p.add_argument("--shots", type=int, default=16, help="training images per class (default 16)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample, init and shuffling")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--init", default=None, help="start from these prompts (.safetensors or run folder)")
+    p.add_argument("--allow-fewer-shots", action="store_true",
+                   help="use all images of a class with fewer than --shots (default: error)")
+    p.add_argument("--epochs", type=int, default=d_tune.epochs)
+    p.add_argument("--lr", type=float, default=d_tune.lr)
+    p.add_argument("--batch-size", type=int, default=d_tune.batch_size)
+    p.add_argument("--feature-views", type=int, default=d_tune.feature_views,
+                   help="augmented views per training image cached for text-only methods (0: no augmentation)")
+    p.add_argument("--text-tokens", type=int, default=d_prompt.text_tokens)
+    p.add_argument("--text-init", default=None, help='phrase initialization of the text context, e.g. "a photo of a"')
+    p.add_argument("--visual-tokens", type=int, default=d_prompt.visual_tokens)
+    p.add_argument("--visual-depth", type=int, default=None, help="layers with their own prompts (vpt-deep; default all)")
+
+
+def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
+    text_tokens = a.text_tokens
+    return FewShotConfig(
+        method=a.method, shots=a.shots, seed=a.seed, init=a.init, allow_fewer_shots=a.allow_fewer_shots,
+        prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
+                            visual_depth=a.visual_depth),
+        tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))
+
+
+def cmd_fewshot(a: argparse.Namespace) -> int:
+    cfg = _fewshot_config(a)
+    dataset = load_dataset(a.dataset)
+    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    run = RunDir.create(a.out, run_config(backbone, [a.dataset], cfg, "base2new"))
+    s = base_to_new(backbone, dataset, cfg, run=run)
+    print(f"{s['dataset']} {s['method']} seed {s['seed']}: base {s['base']:.2f}  new {s['new']:.2f}  "
+          f"H {s['h']:.2f}  ({s['seconds']:.1f} s) -> {a.out}")
+    return 0
+
+
+def cmd_transfer(a: argparse.Namespace) -> int:
+    cfg = _fewshot_config(a)
+    source = load_dataset(a.source)
+    targets = [load_dataset(t) for t in a.targets]
+    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    run = RunDir.create(a.out, run_config(backbone, [a.source, *a.targets], cfg, "transfer"))
+    s = transfer(backbone, source, targets, cfg, run=run)
+    accs = "  ".join(f"{k} {v:.2f}" for k, v in s["targets"].items())
+    print(f"source {s['dataset']} {s['source']:.2f}  targets: {accs}  -> {a.out}")
+    return 0
+
+
+def cmd_table(a: argparse.Namespace) -> int:
+    missing = [d for d in a.dirs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no such run folder: {', '.join(map(str, missing))}")
+    print(render(a.dirs))
+    return 0
+
+
+def cmd_make_random_clip(a: argparse.Namespace) -> int:
+    from .backbones.random_clip import build_random_clip
+
+    print(build_random_clip(a.out, a.preset, a.seed))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .backbones.random_clip import build_random_clip
+
+    start = time.perf_counter()
+    out: Path = a.out
+    ckpt = out / "backbone"
+    if not (ckpt / "config.json").is_file():
+        build_random_clip(ckpt, "small", seed=0)
+    backbone = load_backbone(f"hf:{ckpt}", device=_device(a.device))
+    dataset = load_dataset("digits")
+    cache = FeatureCache(backbone)
+    tune = TuneConfig(epochs=a.epochs, batch_size=a.batch_size)
+    print(f"demo: backbone {backbone.name} (random weights), dataset digits "
+          f"({dataset.num_classes} classes), {a.shots} shots, seeds {a.seeds}")
+    for method in a.methods:
+        for seed in a.seeds:
+            run_dir = out / "runs" / f"digits-{method}-seed{seed}"
+            if (run_dir / "summary.json").is_file():
+                continue
+            cfg = FewShotConfig(method=method, shots=a.shots, seed=seed, tune=tune)
+            s = base_to_new(backbone, dataset, cfg, run=RunDir.create(run_dir, run_config(backbone, ["digits"], cfg, "base2new")),
+                            cache=cache)
+            print(f"  {method:9s} seed {seed}: base {s['base']:6.2f}  new {s['new']:6.2f}  H {s['h']:6.2f}  ({s['seconds']:.1f} s)")
+    print()
+    print(render([out / "runs"]))
+    print(f"\ntotal time {time.perf_counter() - start:.1f} s; runs in {out / 'runs'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gram", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fewshot", help="tune prompts on the base classes of a dataset, test base and new")
+    _add_backbone_args(p)
+    p.add_argument("--dataset", required=True, help=f"dataset spec: {', '.join(DATASET_FORMS)}")
+    _add_fewshot_args(p)
+    p.set_defaults(fn=cmd_fewshot)
+
+    p = sub.add_parser("transfer", help="tune on all classes of a source dataset, test on target datasets")
+    _add_backbone_args(p)
+    p.add_argument("--source", required=True, help=f"dataset spec: {', '.join(DATASET_FORMS)}")
+    p.add_argument("--targets", required=True, nargs="+", help="target dataset specs")
+    _add_fewshot_args(p)
+    p.set_defaults(fn=cmd_transfer)
+
+    p = sub.add_parser("table", help="aggregate run folders into Markdown tables (mean ± std over seeds)")
+    p.add_argument("dirs", nargs="+", type=Path, help="run folders (searched recursively for summary.json)")
+    p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("make-random-clip", help="write a random-weight CLIP checkpoint (HF format) for offline tests")
+    p.add_argument("--preset", default="tiny", help="tiny, small, vit-b-32, vit-b-16, vit-l-14")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(fn=cmd_make_random_clip)
+
+    p = sub.add_parser("demo", help="offline few-shot demo on the built-in digits dataset")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(METHODS), metavar="METHOD")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=TuneConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (DatasetError, BackboneError, NotEnoughShotsError, FileNotFoundError, ModuleNotFoundError, ValueError) as err:
+        print(f"gram: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gram: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

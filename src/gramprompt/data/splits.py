@@ -1,0 +1,136 @@
+"""Pure, seeded dataset splits: base/new classes, k-shot subsets, stratified train/test.
+
+Nothing here mutates its input; every random choice comes from an explicit seed.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from gramprompt.data.dataset import ClassificationDataset, Sample
+
+MAX_VALIDATION_SHOTS = 4
+
+
+class NotEnoughShotsError(ValueError):
+    """A class has fewer samples than the requested number of shots."""
+
+    def __init__(self, label: int, available: int, requested: int) -> None:
+        self.label, self.available, self.requested = label, available, requested
+        super().__init__(
+            f"class {label} has {available} sample(s) but {requested} shot(s) were asked"
+            + ("" if available == 0 else "; pass allow_fewer=True to take all available")
+        )
+
+
+def group_by_label(samples: Iterable[Sample]) -> dict[int, list[Sample]]:
+    """Samples per label, each list in input order."""
+    groups: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.label].append(s)
+    return dict(groups)
+
+
+def _relabel(samples: Sequence[Sample], mapping: dict[int, int]) -> list[Sample]:
+    return [Sample(s.source, mapping[s.label]) for s in samples if s.label in mapping]
+
+
+def _subset(dataset: ClassificationDataset, labels: Sequence[int]) -> ClassificationDataset:
+    mapping = {old: new for new, old in enumerate(labels)}
+    return ClassificationDataset(
+        name=dataset.name,
+        classnames=[dataset.classnames[i] for i in labels],
+        train=_relabel(dataset.train, mapping),
+        test=_relabel(dataset.test, mapping),
+        val=_relabel(dataset.val, mapping),
+    )
+
+
+def base_new_split(
+    dataset: ClassificationDataset,
+) -> tuple[ClassificationDataset, ClassificationDataset]:
+    """Base-to-new protocol: first ``ceil(n/2)`` label ids are base, the rest new.
+
+    Each half keeps only its classes' samples and is relabelled ``0..k-1`` in label order,
+    so e.g. 37 OxfordPets classes give 19 base / 18 new.
+    """
+    labels = sorted(range(dataset.num_classes))
+    n_base = math.ceil(len(labels) / 2)
+    return _subset(dataset, labels[:n_base]), _subset(dataset, labels[n_base:])
+
+
+def few_shot(
+    samples: Sequence[Sample],
+    shots: int,
+    seed: int,
+    *,
+    allow_fewer: bool = False,
+    num_classes: int | None = None,
+) -> list[Sample]:
+    """Pick ``shots`` samples per class without replacement, reproducibly from ``seed``.
+
+    Classes are visited in sorted label order with one ``np.random.default_rng(seed)``;
+    output is grouped by class, and within a class keeps the input order.
+
+    The expected classes are ``0..num_classes-1`` (default ``0..max label``, since labels
+    index class names). A class with fewer than ``shots`` samples raises
+    ``NotEnoughShotsError`` unless ``allow_fewer``, in which case all its samples are taken.
+    A class with no samples at all is always an error: it would silently drop out.
+    """
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    groups = group_by_label(samples)
+    if any(label < 0 for label in groups):
+        raise ValueError(f"labels must be non-negative, got {min(groups)}")
+    if num_classes is None:
+        if not groups:
+            return []
+        num_classes = max(groups) + 1
+    elif groups and max(groups) >= num_classes:
+        raise ValueError(f"label {max(groups)} out of range for {num_classes} classes")
+    rng = np.random.default_rng(seed)
+    chosen: list[Sample] = []
+    for label in range(num_classes):
+        members = groups.get(label, [])
+        if len(members) < shots:
+            if not allow_fewer or not members:
+                raise NotEnoughShotsError(label, len(members), shots)
+            chosen.extend(members)
+            continue
+        picked = np.sort(rng.choice(len(members), size=shots, replace=False))
+        chosen.extend(members[i] for i in picked)
+    return chosen
+
+
+def stratified_split(
+    samples: Sequence[Sample], test_fraction: float = 0.3, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Seeded stratified (train, test) split for datasets that ship without one.
+
+    ``test_fraction`` (default 0.3, i.e. 70/30) goes to test with class proportions kept.
+    Both halves keep the input order. Every class needs at least 2 samples.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    counts = {label: len(g) for label, g in group_by_label(samples).items()}
+    too_small = sorted(label for label, n in counts.items() if n < 2)
+    if too_small:
+        raise ValueError(
+            f"stratified split needs >= 2 samples per class; class(es) {too_small} have 1"
+        )
+    labels = [s.label for s in samples]
+    train_idx, test_idx = train_test_split(
+        np.arange(len(samples)), test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    return ([samples[i] for i in np.sort(train_idx)], [samples[i] for i in np.sort(test_idx)])
+
+
+def validation_shots(shots: int) -> int:
+    """Validation shots per class: as many as training, capped at 4 (CoOp protocol)."""
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    return min(shots, MAX_VALIDATION_SHOTS)

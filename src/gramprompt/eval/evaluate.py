@@ -1,0 +1,43 @@
+"""Top-1 accuracy of a prompt method with given parameters on a list of samples."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..data.dataset import Sample
+from ..data.images import load_batch
+from ..prompts.base import Batch, PromptMethod
+from ..tuning.features import FeatureCache, encode_images
+from .metrics import accuracy
+
+# CoCoOp-style methods encode (images x classes) prompts per batch: cap that product.
+MAX_TEXT_SEQUENCES = 4096
+
+
+@torch.no_grad()
+def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[Sample], classnames: list[str],
+             *, batch_size: int = 64, cache: FeatureCache | None = None, cache_key: tuple | None = None) -> float:
+    """Accuracy in percent; unreadable images are skipped (and logged), not counted."""
+    bb = method.backbone
+    if method.uses_pixels:
+        preds, labels = [], []
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            pixels, kept = load_batch([s.source for s in chunk], bb.transform.eval)
+            if pixels is None:
+                continue
+            preds.append(method.logits(params, Batch(pixels=pixels.to(bb.device)), classnames).argmax(-1).cpu())
+            labels.extend(chunk[i].label for i in kept)
+        if not preds:
+            raise ValueError("no readable test image")
+        return accuracy(torch.cat(preds), torch.tensor(labels))
+    if cache is not None and cache_key is not None:
+        feats, labels = cache.get((*cache_key, "eval"), samples, bb.transform.eval, batch_size)
+    else:
+        feats, labels = encode_images(bb, samples, bb.transform.eval, batch_size)
+    step = max(1, MAX_TEXT_SEQUENCES // len(classnames)) if method.text_per_image else len(feats)
+    preds = torch.cat([method.logits(params, Batch(features=feats[i:i + step]), classnames).argmax(-1)
+                       for i in range(0, len(feats), step)])
+    return accuracy(preds.cpu(), labels.cpu())

@@ -1,0 +1,111 @@
+"""The evaluation protocols: base-to-new, and train-on-source / test-on-targets (cross-dataset, cross-domain)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..backbones.base import Backbone
+from ..data.dataset import ClassificationDataset
+from ..data.splits import base_new_split, few_shot
+from ..prompts import PromptConfig, PromptMethod, build_method, template_for
+from ..runs import RunDir, load_prompts
+from ..tuning.config import TuneConfig
+from ..tuning.features import FeatureCache
+from ..tuning.train import train_prompts
+from .evaluate import evaluate
+from .metrics import harmonic_mean
+
+
+@dataclass
+class FewShotConfig:
+    """One few-shot run: which method, how many shots, which seed, and how to tune it."""
+
+    method: str
+    shots: int = 16
+    seed: int = 1
+    init: str | None = None  # a prompts .safetensors (e.g. GRAM's theta*) to start from
+    allow_fewer_shots: bool = False  # take all images of a class that has fewer than `shots`
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+def initial_params(method: PromptMethod, cfg: FewShotConfig) -> dict[str, Tensor]:
+    """Fresh parameters from the seed, or the ones stored in ``cfg.init`` (checked against the method)."""
+    fresh = method.init_params(torch.Generator().manual_seed(cfg.seed))
+    if cfg.init is None:
+        return fresh
+    stored, _ = load_prompts(cfg.init)
+    missing = [k for k in fresh if k not in stored]
+    if missing:
+        raise ValueError(f"{cfg.init} holds {sorted(stored)}, but {method.name} needs {missing}")
+    for k, v in fresh.items():
+        if stored[k].shape != v.shape:
+            raise ValueError(f"{cfg.init}: {k} has shape {tuple(stored[k].shape)}, {method.name} "
+                             f"with this backbone and token count needs {tuple(v.shape)}")
+    return {k: stored[k].to(device=v.device, dtype=v.dtype) for k, v in fresh.items()}
+
+
+def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, run: RunDir | None,
+          cache: FeatureCache | None, part: str) -> tuple[PromptMethod, dict[str, Tensor], int]:
+    method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
+    train = few_shot(dataset.train, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
+                     num_classes=dataset.num_classes)
+    params = train_prompts(method, initial_params(method, cfg), train, dataset.classnames, cfg.tune,
+                           seed=cfg.seed, cache=cache, cache_key=(dataset.name, part, cfg.shots),
+                           log=run.log if run is not None else None)
+    if run is not None and params:
+        run.save_prompts(params, {"method": cfg.method, "backbone": backbone.name, "dataset": dataset.name,
+                                  "classnames": dataset.classnames, "shots": cfg.shots, "seed": cfg.seed,
+                                  "prompt": asdict(cfg.prompt)})
+    return method, params, len(train)
+
+
+def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
+    return {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "backbone": backbone.name,
+            "shots": cfg.shots, "seed": cfg.seed, "init": cfg.init}
+
+
+def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, *,
+                run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
+    """Tune on the base classes' few shots; accuracy on the base and new classes' test images."""
+    start = time.perf_counter()
+    base, new = base_new_split(dataset)
+    method, params, n_train = _tune(backbone, base, cfg, run, cache, "base")
+    bs = cfg.tune.eval_batch_size
+    acc_base = evaluate(method, params, base.test, base.classnames, batch_size=bs, cache=cache,
+                        cache_key=(dataset.name, "base"))
+    acc_new = evaluate(method, params, new.test, new.classnames, batch_size=bs, cache=cache,
+                       cache_key=(dataset.name, "new"))
+    summary = {**_summary(backbone, dataset, cfg, "base2new"), "base": acc_base, "new": acc_new,
+               "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
+               "base_classes": base.num_classes, "new_classes": new.num_classes,
+               "seconds": time.perf_counter() - start}
+    if run is not None:
+        run.write_summary(summary)
+    return summary
+
+
+def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[ClassificationDataset],
+             cfg: FewShotConfig, *, run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
+    """Tune on all classes of ``source``; zero-shot accuracy on each target with its own class names."""
+    start = time.perf_counter()
+    method, params, n_train = _tune(backbone, source, cfg, run, cache, "all")
+    bs = cfg.tune.eval_batch_size
+    acc_source = evaluate(method, params, source.test, source.classnames, batch_size=bs, cache=cache,
+                          cache_key=(source.name, "all"))
+    accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, t.test, t.classnames,
+                             batch_size=bs, cache=cache, cache_key=(t.name, "all"))
+            for t in targets}
+    summary = {**_summary(backbone, source, cfg, "transfer"), "source": acc_source, "targets": accs,
+               "train_images": n_train, "seconds": time.perf_counter() - start}
+    if run is not None:
+        run.write_summary(summary)
+    return summary
+
+
+def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
+    """The resolved config written to a run folder's ``config.yaml``."""
+    return {"protocol": protocol, "backbone": backbone.name, "datasets": datasets, **asdict(cfg)}

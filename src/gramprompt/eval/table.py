@@ -1,0 +1,145 @@
+"""Aggregate finished runs (their ``summary.json``) into Markdown tables.
+
+Base-to-new: one row per (dataset, method) with mean ± sample std over seeds, then an
+"Average" row per method. As in the GRAM paper, H of any aggregated row is the harmonic mean
+of the aggregated Base and New, never the mean of per-seed or per-dataset H values.
+Transfer: one table per (source dataset, target set), rows = methods.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from gramprompt.eval.metrics import harmonic_mean, mean_std
+from gramprompt.runs import SUMMARY
+
+BASE2NEW = "base2new"
+TRANSFER = "transfer"
+
+
+def collect(dirs: Iterable[str | os.PathLike]) -> list[dict]:
+    """Every ``summary.json`` under ``dirs`` (recursive, sorted, each file once)."""
+    seen: set[Path] = set()
+    out: list[dict] = []
+    for d in dirs:
+        d = Path(d)
+        found = [d] if d.is_file() else sorted(d.rglob(SUMMARY))
+        for path in found:
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                out.append(json.loads(path.read_text(encoding="utf-8")))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"malformed summary {path}: {e}") from e
+    return out
+
+
+def protocol(summary: dict) -> str:
+    return summary.get("protocol", BASE2NEW)
+
+
+def _ordered(values: Iterable) -> list:
+    """Unique values in order of first appearance (stable, follows run order)."""
+    return list(dict.fromkeys(values))
+
+
+def _cell(values: Sequence[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _check_group(runs: list[dict], what: str) -> None:
+    """Refuse to pool runs that are not repeats of one experiment (a silent wrong mean is worse)."""
+    seeds = [r.get("seed") for r in runs]
+    dupes = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+    if dupes:
+        raise ValueError(f"{what}: seed(s) {', '.join(dupes)} appear more than once")
+    for key in ("backbone", "shots"):
+        vals = _ordered(r.get(key) for r in runs)
+        if len(vals) > 1:
+            raise ValueError(f"{what}: mixes {key} values {vals}; filter the summaries first")
+
+
+def _seeds(runs: list[dict]) -> str:
+    return ", ".join(str(s) for s in sorted(r.get("seed") for r in runs if r.get("seed") is not None))
+
+
+def base2new_table(summaries: Sequence[dict]) -> str:
+    """Dataset | Method | Base | New | H | seeds, followed by per-method Average rows."""
+    runs = [s for s in summaries if protocol(s) == BASE2NEW]
+    datasets = _ordered(s["dataset"] for s in runs)
+    methods = _ordered(s["method"] for s in runs)
+    rows: list[list[str]] = []
+    per_method: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
+    for ds in datasets:
+        for m in methods:
+            group = [s for s in runs if s["dataset"] == ds and s["method"] == m]
+            if not group:
+                continue
+            _check_group(group, f"{ds}/{m}")
+            base = [float(s["base"]) for s in group]
+            new = [float(s["new"]) for s in group]
+            b, n = mean_std(base)[0], mean_std(new)[0]
+            per_method[m].append((b, n))
+            rows.append([ds, m, _cell(base), _cell(new), f"{harmonic_mean(b, n):.2f}", _seeds(group)])
+    for m in methods:
+        pairs = per_method[m]
+        b = mean_std(p[0] for p in pairs)[0]
+        n = mean_std(p[1] for p in pairs)[0]
+        count = f"{len(pairs)} dataset" + ("s" if len(pairs) != 1 else "")
+        rows.append(["Average", m, f"{b:.2f}", f"{n:.2f}", f"{harmonic_mean(b, n):.2f}", count])
+    return _markdown(["Dataset", "Method", "Base", "New", "H", "seeds"], rows)
+
+
+def transfer_table(summaries: Sequence[dict]) -> str:
+    """Per source/target-set table: Method | <source> | targets... | Average (over targets).
+
+    The Average cell is mean ± std over seeds of each seed's target average; its mean equals
+    the mean of the per-target means because every run in a table has the same targets.
+    """
+    runs = [s for s in summaries if protocol(s) == TRANSFER]
+    # Key on the target *set* so JSON key order can't split a group; columns keep run order.
+    groups = _ordered((s["dataset"], frozenset(s["targets"])) for s in runs)
+    tables: list[str] = []
+    for source, target_set in groups:
+        group = [s for s in runs if s["dataset"] == source and frozenset(s["targets"]) == target_set]
+        targets = _ordered(t for s in group for t in s["targets"])
+        rows = []
+        for m in _ordered(s["method"] for s in group):
+            mruns = [s for s in group if s["method"] == m]
+            _check_group(mruns, f"transfer {source}/{m}")
+            cells = [_cell([float(s["source"]) for s in mruns])]
+            cells += [_cell([float(s["targets"][t]) for s in mruns]) for t in targets]
+            avg = [mean_std(float(s["targets"][t]) for t in targets)[0] for s in mruns] if targets else []
+            cells.append(_cell(avg) if avg else "–")
+            rows.append([m, *cells, _seeds(mruns)])
+        header = ["Method", f"{source} (source)", *targets, "Average", "seeds"]
+        tables.append(f"### Transfer from {source}\n\n" + _markdown(header, rows))
+    return "\n\n".join(tables)
+
+
+def render(dirs: Iterable[str | os.PathLike]) -> str:
+    """All tables that apply to the finished runs under ``dirs``."""
+    dirs = list(dirs)
+    summaries = collect(dirs)
+    unknown = _ordered(p for p in map(protocol, summaries) if p not in (BASE2NEW, TRANSFER))
+    if unknown:
+        raise ValueError(f"unknown protocol(s) in summaries: {unknown}")
+    parts = []
+    if any(protocol(s) == BASE2NEW for s in summaries):
+        parts.append("## Base-to-new generalization\n\n" + base2new_table(summaries))
+    if any(protocol(s) == TRANSFER for s in summaries):
+        parts.append("## Transfer\n\n" + transfer_table(summaries))
+    if not parts:
+        return "No finished runs (summary.json) found under: " + ", ".join(map(str, dirs)) + "\n"
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,169 @@
+"""Run folders: the on-disk record of one training/evaluation run.
+
+Layout of a run directory::
+
+    config.yaml          resolved config, written once at start
+    metrics.jsonl        one JSON object per logged step (append-only, survives a kill)
+    prompts.safetensors  learned prompt tensors (+ metadata under the "gramprompt" key)
+    prompts.json         the same metadata as a readable sidecar
+    summary.json         final results; its presence marks the run as finished
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+PROMPTS = "prompts.safetensors"
+PROMPTS_META = "prompts.json"
+META_KEY = "gramprompt"
+
+
+def _plain(obj: Any) -> Any:
+    """Convert values yaml/json cannot represent (paths, tensors, numpy scalars) to plain ones."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # torch.Tensor, np.ndarray, np scalars
+        return obj.tolist()
+    return obj
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temp file in the same dir + os.replace, so readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Handle on one run folder; cheap to construct, all state lives on disk."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict) -> RunDir:
+        """Make the folder (parents too) and record the resolved config."""
+        run = cls(Path(path))
+        run.path.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(_plain(config), sort_keys=False)
+        _atomic_text(run.path / CONFIG, text)
+        return run
+
+    @property
+    def config(self) -> dict:
+        with open(self.path / CONFIG, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line; opened per call and flushed so a killed run keeps its log."""
+        line = json.dumps(_plain(record), sort_keys=False)
+        with open(self.path / METRICS, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """Logged records in order; a torn final line (from a kill mid-write) is skipped."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def write_summary(self, summary: dict) -> None:
+        _atomic_text(self.path / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+
+    def read_summary(self) -> dict:
+        return read_summary(self.path)
+
+    @property
+    def finished(self) -> bool:
+        return is_finished(self.path)
+
+    def save_prompts(self, params: dict[str, torch.Tensor], metadata: dict) -> Path:
+        return save_prompts(self.path / PROMPTS, params, metadata)
+
+    def load_prompts(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return load_prompts(self.path)
+
+
+def save_prompts(path: str | os.PathLike, params: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write prompt tensors to ``path`` (a .safetensors file) plus a ``prompts.json`` sidecar.
+
+    Tensors are detached, moved to CPU and cloned contiguous: safetensors refuses views that
+    share storage. Its metadata must be str->str, so ``metadata`` is embedded as one JSON string.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in params.items()}
+    meta_json = json.dumps(_plain(metadata))
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: meta_json}))
+    _atomic_text(path.parent / PROMPTS_META, json.dumps(_plain(metadata), indent=2) + "\n")
+    return path
+
+
+def load_prompts(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load ``(tensors, metadata)`` from a .safetensors file or a run dir containing one.
+
+    Metadata comes from inside the file (it travels with the tensors); the sidecar is a fallback.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROMPTS
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        embedded = (f.metadata() or {}).get(META_KEY)
+    if embedded is not None:
+        return tensors, json.loads(embedded)
+    sidecar = path.parent / PROMPTS_META
+    return tensors, json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
+
+
+def _summary_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / SUMMARY if path.is_dir() else path
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """Read ``summary.json`` given the run dir or the file itself."""
+    with open(_summary_path(path), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def is_finished(path: str | os.PathLike) -> bool:
+    """A run is finished once its summary exists (written last, atomically)."""
+    return (Path(path) / SUMMARY).is_file()

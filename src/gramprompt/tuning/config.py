@@ -1,0 +1,43 @@
+"""Few-shot tuning hyperparameters and the learning-rate schedule.
+
+Defaults are CoCoOp's schedule, which the GRAM paper uses for every method: SGD (momentum 0.9,
+weight decay 5e-4) at lr 0.002, batch size 1, 10 epochs, cosine decay per epoch, and one
+warm-up epoch at a constant 1e-5.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class TuneConfig:
+    epochs: int = 10
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 1
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    # Methods that leave the image encoder frozen train on cached features: this many randomly
+    # augmented views of every training image are encoded once, epoch e uses view e % views.
+    # views == epochs reproduces per-epoch augmentation exactly; 0 disables augmentation.
+    feature_views: int = 4
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.feature_views < 0 or self.warmup_epochs < 0:
+            raise ValueError("feature_views and warmup_epochs must be >= 0")
+
+
+def lr_at_epoch(cfg: TuneConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch``: Dassl's constant warm-up followed by its cosine schedule.
+
+    Dassl steps the cosine scheduler (T_max = epochs) once per finished epoch, so after the
+    warm-up epochs epoch e trains at lr * (1 + cos(pi * e / epochs)) / 2.
+    """
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))

@@ -1,0 +1,128 @@
+"""Few-shot prompt tuning: plain SGD on the prompt parameters, with a hook for regulated gradients.
+
+``grad_transform`` receives the raw gradients and returns the ones to apply; GRAM's test-time
+adaptation plugs its frozen regulator R_phi* in here, so the loop itself knows nothing of GRAM.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data.dataset import Sample
+from ..data.images import ImageLoadError, load_image
+from ..prompts.base import Batch, PromptMethod
+from .config import TuneConfig, lr_at_epoch
+from .features import FeatureCache, encode_images
+
+logger = logging.getLogger(__name__)
+
+Params = dict[str, Tensor]
+GradTransform = Callable[[Params], Params]
+
+
+def _seeded(seed: int, *salt: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(hash((seed, *salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def _feature_views(method: PromptMethod, samples: Sequence[Sample], cfg: TuneConfig, seed: int,
+                   cache: FeatureCache | None, key: tuple) -> list[tuple[Tensor, Tensor]]:
+    tf, bb = method.backbone.transform, method.backbone
+    views = []
+    for v in range(max(cfg.feature_views, 1)):
+        if cfg.feature_views == 0:
+            fn = tf.eval
+        else:
+            gen = _seeded(seed, v)
+            fn = lambda img, gen=gen: tf.train(img, gen)  # noqa: E731
+        desc = f"encoding train view {v + 1}" if len(samples) >= 1000 else None
+        if cache is None:
+            views.append(encode_images(bb, samples, fn, cfg.eval_batch_size, desc))
+        else:
+            views.append(cache.get((*key, "train", seed, cfg.feature_views, v), samples, fn, cfg.eval_batch_size, desc))
+    return views
+
+
+def _decoded_images(samples: Sequence[Sample]) -> tuple[list, Tensor]:
+    images, labels, bad = [], [], 0
+    for s in samples:
+        try:
+            images.append(load_image(s.source))
+            labels.append(s.label)
+        except ImageLoadError as err:
+            bad += 1
+            logger.warning("skipping training image: %s", err)
+    if not images:
+        raise ValueError("no readable training image")
+    if bad:
+        logger.warning("skipped %d unreadable training image(s) of %d", bad, len(samples))
+    return images, torch.tensor(labels)
+
+
+def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample], classnames: list[str],
+                  cfg: TuneConfig, *, seed: int, grad_transform: GradTransform | None = None,
+                  cache: FeatureCache | None = None, cache_key: tuple = (),
+                  log: Callable[[dict], None] | None = None,
+                  on_epoch: Callable[[int, Params], None] | None = None) -> Params:
+    """Tune ``init`` on ``samples`` (labels index ``classnames``) and return the final parameters.
+
+    All randomness (shuffling, augmentation) comes from generators seeded by ``seed``. A step whose
+    (regulated) gradient is not finite is skipped and counted, never applied.
+    """
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in init.items()}
+    if not params:
+        return params
+    device = method.backbone.device
+    if method.uses_pixels:
+        images, labels = _decoded_images(samples)
+        views = None
+    else:
+        views = _feature_views(method, samples, cfg, seed, cache, cache_key)
+        labels = views[0][1].cpu()
+    opt = torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
+    n = len(labels)
+    for epoch in range(cfg.epochs):
+        lr = lr_at_epoch(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        perm = torch.randperm(n, generator=order_gen)
+        total_loss, correct, skipped = 0.0, 0, 0
+        steps = range(0, n, cfg.batch_size)
+        for start in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=len(steps) < 50):
+            idx = perm[start:start + cfg.batch_size]
+            y = labels[idx].to(device)
+            if views is None:
+                pixels = torch.stack([method.backbone.transform.train(images[i], aug_gen) for i in idx.tolist()])
+                batch = Batch(pixels=pixels.to(device))
+            else:
+                batch = Batch(features=views[epoch % len(views)][0][idx.to(views[0][0].device)])
+            logits = method.logits(params, batch, classnames)
+            loss = F.cross_entropy(logits, y)
+            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+            if grad_transform is not None:
+                grads = grad_transform(grads)
+            if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads.values()):
+                skipped += 1
+                continue
+            for name, p in params.items():
+                p.grad = grads[name].to(p.dtype)
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(-1) == y).sum())
+        if skipped:
+            logger.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient", epoch + 1, skipped)
+        record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / max(n, 1), "train_acc": 100.0 * correct / max(n, 1),
+                  "skipped_steps": skipped}
+        if log is not None:
+            log(record)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, params)
+    return {k: v.detach() for k, v in params.items()}

@@ -1,0 +1,161 @@
+"""Seeded split functions: base/new, few-shot, stratified, validation shots."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gramprompt.data.dataset import ClassificationDataset, Sample
+from gramprompt.data.splits import (
+    NotEnoughShotsError,
+    base_new_split,
+    few_shot,
+    stratified_split,
+    validation_shots,
+)
+
+
+def _samples(per_class: dict[int, int]) -> list[Sample]:
+    """Sources are unique strings 'c<label>_<i>' so selections can be compared."""
+    return [Sample(f"c{label}_{i}", label) for label, n in per_class.items() for i in range(n)]
+
+
+def _dataset(num_classes: int, per_class: int = 2) -> ClassificationDataset:
+    counts = {c: per_class for c in range(num_classes)}
+    return ClassificationDataset(
+        name="fake",
+        classnames=[f"class{c}" for c in range(num_classes)],
+        train=_samples(counts),
+        test=_samples(counts),
+        val=_samples({c: 1 for c in range(num_classes)}),
+    )
+
+
+PAPER_BASE_NEW = {
+    "ImageNet": (1000, 500, 500),
+    "Caltech101": (100, 50, 50),
+    "OxfordPets": (37, 19, 18),
+    "StanfordCars": (196, 98, 98),
+    "Flowers102": (102, 51, 51),
+    "Food101": (101, 51, 50),
+    "FGVCAircraft": (100, 50, 50),
+    "SUN397": (397, 199, 198),
+    "DTD": (47, 24, 23),
+    "EuroSAT": (10, 5, 5),
+    "UCF101": (101, 51, 50),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_BASE_NEW))
+def test_base_new_counts_match_paper(name: str) -> None:
+    total, n_base, n_new = PAPER_BASE_NEW[name]
+    base, new = base_new_split(_dataset(total, per_class=1))
+    assert (base.num_classes, new.num_classes) == (n_base, n_new)
+    assert len(base.train) == n_base and len(new.test) == n_new
+
+
+def test_base_new_relabels_and_keeps_input() -> None:
+    ds = ClassificationDataset(
+        name="toy",
+        classnames=["a", "b", "c", "d", "e"],
+        train=[Sample("t4", 4), Sample("t0", 0), Sample("t3", 3), Sample("t2", 2), Sample("t1", 1)],
+        test=[Sample("s3", 3), Sample("s2", 2)],
+        val=[Sample("v1", 1), Sample("v4", 4)],
+    )
+    before = (list(ds.train), list(ds.test), list(ds.val), list(ds.classnames))
+    base, new = base_new_split(ds)
+    # ceil(5/2) = 3 base classes a, b, c (labels 0..2); new d, e relabelled 3->0, 4->1.
+    assert base.classnames == ["a", "b", "c"] and new.classnames == ["d", "e"]
+    assert base.train == [Sample("t0", 0), Sample("t2", 2), Sample("t1", 1)]
+    assert new.train == [Sample("t4", 1), Sample("t3", 0)]
+    assert base.test == [Sample("s2", 2)] and new.test == [Sample("s3", 0)]
+    assert base.val == [Sample("v1", 1)] and new.val == [Sample("v4", 1)]
+    assert base.name == new.name == "toy"
+    assert (ds.train, ds.test, ds.val, ds.classnames) == before
+
+
+def test_few_shot_same_seed_same_selection() -> None:
+    samples = _samples({0: 20, 1: 20, 2: 20})
+    a = few_shot(samples, 4, seed=1)
+    assert a == few_shot(samples, 4, seed=1)
+    assert a != few_shot(samples, 4, seed=2)
+
+
+def test_few_shot_counts_and_order() -> None:
+    samples = _samples({2: 10, 0: 7, 1: 5})
+    picked = few_shot(samples, 3, seed=0)
+    assert [s.label for s in picked] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(set(s.source for s in picked)) == 9
+    for label in (0, 1, 2):  # within a class, input order is kept
+        idx = [int(str(s.source).split("_")[1]) for s in picked if s.label == label]
+        assert idx == sorted(idx)
+
+
+def test_few_shot_matches_default_rng_draws() -> None:
+    # Independent truth: same generator, classes visited in sorted order.
+    samples = _samples({1: 6, 0: 5})
+    rng = np.random.default_rng(7)
+    want0 = sorted(rng.choice(5, size=2, replace=False))
+    want1 = sorted(rng.choice(6, size=2, replace=False))
+    expected = [Sample(f"c0_{i}", 0) for i in want0] + [Sample(f"c1_{i}", 1) for i in want1]
+    assert few_shot(samples, 2, seed=7) == expected
+
+
+def test_few_shot_all_samples_when_shots_equal_count() -> None:
+    samples = _samples({0: 3, 1: 3})
+    assert few_shot(samples, 3, seed=5) == samples
+
+
+def test_not_enough_shots_error_message() -> None:
+    samples = _samples({0: 16, 1: 2, 2: 16})
+    with pytest.raises(NotEnoughShotsError, match=r"class 1 has 2 sample\(s\) but 16 shot") as info:
+        few_shot(samples, 16, seed=0)
+    assert (info.value.label, info.value.available, info.value.requested) == (1, 2, 16)
+    assert isinstance(info.value, ValueError)
+
+
+def test_allow_fewer_takes_all() -> None:
+    samples = _samples({0: 16, 1: 2})
+    picked = few_shot(samples, 4, seed=0, allow_fewer=True)
+    assert [s.label for s in picked].count(0) == 4
+    assert [s for s in picked if s.label == 1] == [Sample("c1_0", 1), Sample("c1_1", 1)]
+
+
+def test_empty_class_is_an_error_even_with_allow_fewer() -> None:
+    samples = _samples({0: 5, 2: 5})  # label 1 has nothing
+    for allow in (False, True):
+        with pytest.raises(NotEnoughShotsError, match="class 1 has 0"):
+            few_shot(samples, 2, seed=0, allow_fewer=allow)
+    with pytest.raises(NotEnoughShotsError, match="class 3 has 0"):
+        few_shot(samples + _samples({1: 5}), 2, seed=0, num_classes=4)
+
+
+def test_few_shot_rejects_bad_shots() -> None:
+    with pytest.raises(ValueError):
+        few_shot(_samples({0: 3}), 0, seed=0)
+    assert few_shot([], 2, seed=0) == []
+
+
+def test_stratified_split_counts_and_determinism() -> None:
+    samples = _samples({0: 10, 1: 20})
+    train, test = stratified_split(samples, seed=3)
+    # 30% of 30 = 9 test samples, stratified: 3 of class 0, 6 of class 1.
+    assert len(test) == 9 and len(train) == 21
+    assert [s.label for s in test].count(0) == 3
+    assert sorted(map(str, (s.source for s in train + test))) == sorted(
+        map(str, (s.source for s in samples))
+    )
+    assert (train, test) == stratified_split(samples, seed=3)
+    assert test != stratified_split(samples, seed=4)[1]
+    _, test_half = stratified_split(samples, test_fraction=0.5, seed=0)
+    assert len(test_half) == 15
+
+
+def test_stratified_split_needs_two_per_class() -> None:
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        stratified_split(_samples({0: 5, 1: 1}))
+
+
+def test_validation_shots() -> None:
+    assert [validation_shots(k) for k in (1, 2, 4, 8, 16)] == [1, 2, 4, 4, 4]
+    with pytest.raises(ValueError):
+        validation_shots(0)
