@@ -46,6 +46,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample, init and shuffling")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--init", default=None, help="start from these prompts (.safetensors or run folder)")
+    p.add_argument("--label", default=None, help='row name in result tables (default: the method, "+init" with --init)')
     p.add_argument("--allow-fewer-shots", action="store_true",
                    help="use all images of a class with fewer than --shots (default: error)")
     p.add_argument("--epochs", type=int, default=d_tune.epochs)
@@ -62,7 +63,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
 def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
     text_tokens = a.text_tokens
     return FewShotConfig(
-        method=a.method, shots=a.shots, seed=a.seed, init=a.init, allow_fewer_shots=a.allow_fewer_shots,
+        method=a.method, label=a.label, shots=a.shots, seed=a.seed, init=a.init, allow_fewer_shots=a.allow_fewer_shots,
         prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth),
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))

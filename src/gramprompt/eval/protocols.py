@@ -24,6 +24,7 @@ class FewShotConfig:
     """One few-shot run: which method, how many shots, which seed, and how to tune it."""
 
     method: str
+    label: str | None = None  # the table row, e.g. "coop+gram"; default: method, "+init" if started from --init
     shots: int = 16
     seed: int = 1
     init: str | None = None  # a prompts .safetensors (e.g. GRAM's theta*) to start from
@@ -64,7 +65,8 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig
 
 
 def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
-    return {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "backbone": backbone.name,
+    label = cfg.label or (f"{cfg.method}+init" if cfg.init else cfg.method)
+    return {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "label": label, "backbone": backbone.name,
             "shots": cfg.shots, "seed": cfg.seed, "init": cfg.init}
 
 

@@ -38,6 +38,11 @@ def collect(dirs: Iterable[str | os.PathLike]) -> list[dict]:
     return out
 
 
+def row_label(summary: dict) -> str:
+    """The table row a run belongs to: its ``label`` (e.g. "coop+gram"), else its method."""
+    return summary.get("label") or summary["method"]
+
+
 def protocol(summary: dict) -> str:
     return summary.get("protocol", BASE2NEW)
 
@@ -78,12 +83,12 @@ def base2new_table(summaries: Sequence[dict]) -> str:
     """Dataset | Method | Base | New | H | seeds, followed by per-method Average rows."""
     runs = [s for s in summaries if protocol(s) == BASE2NEW]
     datasets = _ordered(s["dataset"] for s in runs)
-    methods = _ordered(s["method"] for s in runs)
+    methods = _ordered(row_label(s) for s in runs)
     rows: list[list[str]] = []
     per_method: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
     for ds in datasets:
         for m in methods:
-            group = [s for s in runs if s["dataset"] == ds and s["method"] == m]
+            group = [s for s in runs if s["dataset"] == ds and row_label(s) == m]
             if not group:
                 continue
             _check_group(group, f"{ds}/{m}")
@@ -115,8 +120,8 @@ def transfer_table(summaries: Sequence[dict]) -> str:
         group = [s for s in runs if s["dataset"] == source and frozenset(s["targets"]) == target_set]
         targets = _ordered(t for s in group for t in s["targets"])
         rows = []
-        for m in _ordered(s["method"] for s in group):
-            mruns = [s for s in group if s["method"] == m]
+        for m in _ordered(row_label(s) for s in group):
+            mruns = [s for s in group if row_label(s) == m]
             _check_group(mruns, f"transfer {source}/{m}")
             cells = [_cell([float(s["source"]) for s in mruns])]
             cells += [_cell([float(s["targets"][t]) for s in mruns]) for t in targets]

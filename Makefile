@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine: `make demo` (set-up + the main job) and
+# `make test` (set-up + the test suite). `make setup` alone installs.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# CPU build here; on a GPU machine install the CUDA build of torch first (see README), then `make setup`.
+TORCH ?= torch==2.13.0
+STAMP = .cache/setup.stamp
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[test]"
+	# only the CLIP BPE vocabulary file of open_clip_torch is used (its code would pull torchvision)
+	$(PIP) install -q --no-deps "open_clip_torch>=2.20"
+	mkdir -p .cache && touch $(STAMP)
+
+demo: setup
+	$(PYTHON) -m gramprompt.cli demo
+
+test: setup
+	$(PYTHON) -m pytest
+
+bench: setup
+	$(PYTHON) benchmarks/bench_text_truncation.py
+	$(PYTHON) benchmarks/bench_feature_cache.py
+
+clean:
+	rm -rf .cache runs build *.egg-info

@@ -1,0 +1,23 @@
+"""Shared fixtures: a random-weight tiny CLIP saved to and loaded from a local HF directory."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gramprompt.backbones import load_backbone
+from gramprompt.backbones.random_clip import build_random_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    return build_random_clip(tmp_path_factory.mktemp("tiny_clip"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def backbone(tiny_clip_dir):
+    return load_backbone(f"hf:{tiny_clip_dir}")
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)

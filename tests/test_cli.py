@@ -1,0 +1,110 @@
+"""The ``gram`` command contract: run folders, summaries, --init, tables, and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import torch
+
+from gramprompt.backbones import load_backbone
+from gramprompt.cli import main
+from gramprompt.eval.protocols import FewShotConfig, initial_params
+from gramprompt.prompts import build_method
+from gramprompt.runs import load_prompts
+
+
+def _fewshot(ckpt, out, *extra, method="coop", dataset="digits"):
+    return main(["fewshot", "--backbone", f"hf:{ckpt}", "--method", method, "--dataset", dataset, "--shots", "2",
+                 "--seed", "1", "--out", str(out), "--epochs", "1", "--batch-size", "4", *extra])
+
+
+def _imagefolder(root, counts, corrupt=0):
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(counts):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
+        for i in range(corrupt):
+            (d / f"bad{i}.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_fewshot_writes_a_complete_run_folder(tiny_clip_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _fewshot(tiny_clip_dir, out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"base", "new", "h"} <= set(summary) and summary["train_images"] == 5 * 2
+    for key in ("base", "new", "h"):
+        assert 0.0 <= summary[key] <= 100.0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == "coop" and config["tune"]["epochs"] == 1 and config["shots"] == 2
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    params, meta = load_prompts(out)
+    assert params["text_ctx"].shape == (4, 32) and meta["classnames"] == ["zero", "one", "two", "three", "four"]
+    assert "base" in capsys.readouterr().out
+
+    # --init starts from the stored prompts (checked against the method's names and shapes)
+    cfg = FewShotConfig(method="coop", seed=7, init=str(out / "prompts.safetensors"))
+    start = initial_params(build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")), cfg)
+    assert torch.equal(start["text_ctx"], params["text_ctx"])
+    again = tmp_path / "again"
+    assert _fewshot(tiny_clip_dir, again, "--init", str(out / "prompts.safetensors")) == 0
+    assert json.loads((again / "summary.json").read_text())["init"].endswith("prompts.safetensors")
+    assert _fewshot(tiny_clip_dir, tmp_path / "bad", "--init", str(out), method="vpt") == 2
+    assert "visual_ctx" in capsys.readouterr().err
+
+    assert main(["table", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| digits | coop |" in table and "Average" in table
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "cocoop", "vpt-deep", "joint"])
+def test_every_method_runs_from_the_cli(tiny_clip_dir, tmp_path, method):
+    assert _fewshot(tiny_clip_dir, tmp_path / method, method=method) == 0
+    assert (tmp_path / method / "summary.json").is_file()
+
+
+def test_transfer_and_corrupt_images(tiny_clip_dir, tmp_path, caplog):
+    target = tmp_path / "target"
+    _imagefolder(target / "train", [4, 4, 4])
+    _imagefolder(target / "test", [3, 3, 3], corrupt=1)
+    out = tmp_path / "transfer"
+    code = main(["transfer", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop", "--source", "digits",
+                 "--targets", f"imagefolder:{target}", "--shots", "2", "--out", str(out), "--epochs", "1"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["targets"]) == {"target"} and summary["protocol"] == "transfer"
+    assert "skipped 3 unreadable image(s) of 12" in caplog.text
+
+
+def test_too_few_shots_is_an_error_unless_allowed(tiny_clip_dir, tmp_path, capsys):
+    data = _imagefolder(tmp_path / "small", [10, 10, 3, 10])
+    spec = f"imagefolder:{data}"
+    assert _fewshot(tiny_clip_dir, tmp_path / "a", "--shots", "16", dataset=spec) == 2
+    assert "class" in capsys.readouterr().err
+    assert _fewshot(tiny_clip_dir, tmp_path / "b", "--shots", "16", "--allow-fewer-shots", dataset=spec) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--dataset", "imagefolder:/does/not/exist"], "does/not/exist"),
+    (["--backbone", "hf:/does/not/exist"], "not a directory"),
+])
+def test_bad_input_gives_one_clear_line(tiny_clip_dir, tmp_path, capsys, args, message):
+    base = {"--backbone": f"hf:{tiny_clip_dir}", "--dataset": "digits"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = ["fewshot", "--method", "coop", "--out", str(tmp_path / "x")] + [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gram: error:") and message in err.lower() and len(err.splitlines()) == 1
+
+
+def test_unknown_method_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["fewshot", "--backbone", "hf:x", "--method", "maple", "--dataset", "digits", "--out", "x"])
+    assert "coop" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""Prompt methods against independent references: CoOp's original placeholder construction,
+hand-crafted prompts, HF's own features, and where gradients may flow."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gramprompt.prompts import METHODS, Batch, PromptConfig, build_method, template_for
+
+NAMES = ["dog", "golden retriever", "annual crop land"]
+
+
+def _hf(out):
+    return getattr(out, "pooler_output", out)
+
+
+def _batch(backbone, n=2, seed=0):
+    pixels = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return Batch(features=backbone.encode_image(pixels), pixels=pixels)
+
+
+def test_coop_prompt_equals_placeholder_reference(backbone, gen):
+    """CoOp's original recipe: tokenize "X X X X <name>." and overwrite the X embeddings with ctx."""
+    coop = build_method("coop", backbone)
+    ctx = coop.init_params(gen)["text_ctx"]
+    ours = coop._context_text_features(ctx, NAMES)
+    tok = backbone.tokenize([f"X X X X {n}." for n in NAMES])
+    emb = backbone.token_embeddings(tok.ids).clone()
+    assert (tok.ids[:, 1:5] == tok.ids[0, 1]).all()  # "X" is one token here
+    emb[:, 1:5] = ctx
+    backbone.truncate = False
+    try:
+        ref = backbone.encode_text_embeddings(emb, tok.lengths)
+    finally:
+        backbone.truncate = True
+    assert (ours - ref).abs().max() < 1e-5
+
+
+def test_phrase_init_reproduces_the_hand_crafted_prompt(backbone, gen):
+    coop = build_method("coop", backbone, PromptConfig(text_init="a photo of a"))
+    zs = build_method("zeroshot", backbone, template="a photo of a {}.")
+    params = coop.init_params(gen)
+    assert params["text_ctx"].shape == (4, backbone.text_width)
+    batch = _batch(backbone)
+    assert torch.allclose(coop.logits(params, batch, NAMES), zs.logits({}, batch, NAMES), atol=1e-4)
+    with pytest.raises(ValueError, match="tokens"):
+        build_method("coop", backbone, PromptConfig(text_tokens=2, text_init="a photo of a")).init_params(gen)
+
+
+def test_zeroshot_is_scaled_cosine_of_hf_features(backbone):
+    zs = build_method("zeroshot", backbone, template=template_for("OxfordPets"))
+    batch = _batch(backbone)
+    ids = backbone.tokenize([f"a photo of a {n}, a type of pet." for n in NAMES]).ids
+    txt = F.normalize(_hf(backbone.model.get_text_features(input_ids=ids)), dim=-1)
+    img = F.normalize(_hf(backbone.model.get_image_features(pixel_values=batch.pixels)), dim=-1)
+    ref = backbone.model.logit_scale.exp() * img @ txt.t()
+    assert torch.allclose(zs.logits({}, batch, NAMES), ref, atol=1e-4)
+
+
+def test_coop_gradient_reaches_only_the_context(backbone, gen):
+    coop = build_method("coop", backbone)
+    params = {k: v.requires_grad_(True) for k, v in coop.init_params(gen).items()}
+    loss = F.cross_entropy(coop.logits(params, _batch(backbone), NAMES), torch.tensor([0, 2]))
+    loss.backward()
+    assert params["text_ctx"].grad is not None and params["text_ctx"].grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_cocoop_with_zero_meta_net_output_is_coop(backbone, gen):
+    cocoop, coop = build_method("cocoop", backbone), build_method("coop", backbone)
+    params = cocoop.init_params(gen)
+    params["meta_w2"].zero_()
+    params["meta_b2"].zero_()
+    batch = _batch(backbone, n=3)
+    assert torch.allclose(cocoop.logits(params, batch, NAMES),
+                          coop.logits({"text_ctx": params["text_ctx"]}, batch, NAMES), atol=1e-4)
+
+
+def test_cocoop_conditions_each_image_on_its_own_prompt(backbone, gen):
+    cocoop = build_method("cocoop", backbone)
+    params = cocoop.init_params(gen)
+    batch = _batch(backbone, n=3)
+    full = cocoop.logits(params, batch, NAMES)
+    for i in range(3):  # image i's logits do not depend on the other images in the batch
+        single = cocoop.logits(params, Batch(features=batch.features[i:i + 1]), NAMES)
+        assert torch.allclose(full[i], single[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vpt", "vpt-deep", "joint"])
+def test_visual_methods_train_their_prompts_from_pixels(backbone, gen, name):
+    method = build_method(name, backbone, PromptConfig(text_tokens=2, visual_tokens=2))
+    params = {k: v.requires_grad_(True) for k, v in method.init_params(gen).items()}
+    if name == "vpt-deep":
+        assert params["visual_ctx"].shape == (backbone.vision_layers, 2, backbone.vision_width)
+    logits = method.logits(params, _batch(backbone), NAMES)
+    assert logits.shape == (2, 3)
+    grads = torch.autograd.grad(logits.logsumexp(-1).sum(), list(params.values()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="pixels"):
+        method.logits(params, Batch(features=_batch(backbone).features), NAMES)
+
+
+def test_registry_and_templates(backbone):
+    assert set(METHODS) == {"zeroshot", "coop", "cocoop", "vpt", "vpt-deep", "joint"}
+    with pytest.raises(ValueError, match="valid: zeroshot"):
+        build_method("maple", backbone)
+    assert template_for("EuroSAT") == "a centered satellite photo of {}."
+    assert template_for("DTD") == "{} texture."
+    assert template_for("digits") == "a photo of a {}."
