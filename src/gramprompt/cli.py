@@ -1,4 +1,4 @@
-"""The ``gram`` command: few-shot prompt tuning, transfer evaluation, result tables, the demo."""
+"""gram: few-shot prompt tuning of frozen CLIP models, transfer evaluation, result tables, the demo."""
 from __future__ import annotations
 
 import argparse
