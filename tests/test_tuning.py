@@ -74,3 +74,18 @@ def test_gradient_hook_and_nan_guard(backbone, gen):
 
 def test_zero_shot_has_nothing_to_train(backbone, gen):
     assert train_prompts(build_method("zeroshot", backbone), {}, _samples(), NAMES, TuneConfig(), seed=1) == {}
+
+
+def test_cached_stems_give_the_same_evaluation_as_pixels(backbone, gen):
+    from gramprompt.eval.evaluate import evaluate
+
+    vpt = build_method("vpt", backbone)
+    params = vpt.init_params(gen)
+    samples = _samples(n_per_class=3)
+    direct = evaluate(vpt, params, samples, NAMES)
+    backbone.cache_stems = True
+    try:
+        cached = evaluate(vpt, params, samples, NAMES)
+    finally:
+        backbone.cache_stems = False
+    assert direct == cached

@@ -33,6 +33,9 @@ class Backbone(Protocol):
     vision_layers: int  # number of transformer layers a deep visual prompt can reach
     context_length: int  # maximum text sequence length (position embeddings)
     transform: ImageTransform  # preprocessing for this backbone's image encoder
+    # True when the image "stem" (the frozen part before any visual prompt enters) is costly and
+    # small enough to cache per image, so visual-prompt methods train on cached stems.
+    cache_stems: bool
 
     @property
     def device(self) -> torch.device: ...
@@ -49,6 +52,14 @@ class Backbone(Protocol):
         """(N, L, d) token embeddings (soft tokens allowed) -> (N, D) text features (unnormalized)."""
 
     def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
-        """(B, 3, H, W) -> (B, D). ``visual_prompts``: (M, d_v) shallow or (depth, M, d_v) deep."""
+        """(B, 3, H, W) -> (B, D). ``visual_prompts``: (M, d_v) shallow or (depth, M, d_v) deep.
+
+        Always equal to ``encode_image_from_stem(encode_image_stem(pixels), visual_prompts)``."""
+
+    def encode_image_stem(self, pixels: Tensor) -> Tensor:
+        """The frozen computation before visual prompts enter, (B, ...)."""
+
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+        """The rest of the image encoder, (B, D)."""
 
     def logit_scale(self) -> Tensor: ...

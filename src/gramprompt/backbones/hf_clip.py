@@ -58,6 +58,7 @@ class HFCLIPBackbone(nn.Module):
         self.name = name
         self.transform = transform
         self.truncate = truncate  # exact speed-up, see encode_text_embeddings
+        self.cache_stems = False  # the ViT stem (patch + position embedding) is cheap and large
         cfg = model.config
         self.embed_dim = cfg.projection_dim
         self.text_width = cfg.text_config.hidden_size
@@ -137,8 +138,14 @@ class HFCLIPBackbone(nn.Module):
         Deep ``(depth, M, d_v)``: layer ``i < depth`` sees ``visual_prompts[i]`` in those slots.
         Prompts carry no position embedding; pooling reads the CLS token as CLIP does.
         """
+        return self.encode_image_from_stem(self.encode_image_stem(pixels), visual_prompts)
+
+    def encode_image_stem(self, pixels: Tensor) -> Tensor:
+        return self.model.vision_model.embeddings(pixels.to(self.device, self.dtype))
+
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
         vm = self.model.vision_model
-        x = vm.embeddings(pixels.to(self.dtype))
+        x = stem.to(self.dtype)
         deep = visual_prompts is not None and visual_prompts.dim() == 3
         if deep and visual_prompts.shape[0] > self.vision_layers:
             raise ValueError(f"deep prompt depth {visual_prompts.shape[0]} > {self.vision_layers} layers")

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..data.dataset import Sample
 from ..data.images import load_batch
 from ..prompts.base import Batch, PromptMethod
-from ..tuning.features import FeatureCache, encode_images
+from ..tuning.features import FeatureCache, encode_images, input_kind
 from .metrics import accuracy
 
 # CoCoOp-style methods encode (images x classes) prompts per batch: cap that product.
@@ -21,7 +21,8 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
              *, batch_size: int = 64, cache: FeatureCache | None = None, cache_key: tuple | None = None) -> float:
     """Accuracy in percent; unreadable images are skipped (and logged), not counted."""
     bb = method.backbone
-    if method.uses_pixels:
+    kind = input_kind(method)
+    if kind == "pixels":
         preds, labels = [], []
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
@@ -34,10 +35,15 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
             raise ValueError("no readable test image")
         return accuracy(torch.cat(preds), torch.tensor(labels))
     if cache is not None and cache_key is not None:
-        feats, labels = cache.get((*cache_key, "eval"), samples, bb.transform.eval, batch_size)
+        feats, labels = cache.get((*cache_key, "eval"), samples, bb.transform.eval, batch_size, kind=kind)
     else:
-        feats, labels = encode_images(bb, samples, bb.transform.eval, batch_size)
-    step = max(1, MAX_TEXT_SEQUENCES // len(classnames)) if method.text_per_image else len(feats)
-    preds = torch.cat([method.logits(params, Batch(features=feats[i:i + step]), classnames).argmax(-1)
+        feats, labels = encode_images(bb, samples, bb.transform.eval, batch_size, kind=kind)
+    if kind == "stems":
+        step = batch_size
+    elif method.text_per_image:
+        step = max(1, MAX_TEXT_SEQUENCES // len(classnames))
+    else:
+        step = len(feats)
+    preds = torch.cat([method.logits(params, Batch(**{kind: feats[i:i + step]}), classnames).argmax(-1)
                        for i in range(0, len(feats), step)])
     return accuracy(preds.cpu(), labels.cpu())

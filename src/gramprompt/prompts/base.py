@@ -23,13 +23,12 @@ from .text import TextCache, splice_context
 @dataclass
 class Batch:
     """Images for one forward: frozen ``features`` (B, D) when the method leaves the image
-    encoder untouched (they can be cached), else ``pixels`` (B, 3, H, W)."""
+    encoder untouched (they can be cached); else cached ``stems`` (see ``Backbone.cache_stems``)
+    or ``pixels`` (B, 3, H, W)."""
 
     features: Tensor | None = None
     pixels: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.features if self.features is not None else self.pixels)
+    stems: Tensor | None = None
 
 
 @dataclass
@@ -78,8 +77,10 @@ class PromptMethod:
     def _image_features(self, batch: Batch, visual_prompts: Tensor | None = None) -> Tensor:
         if visual_prompts is None and batch.features is not None:
             return batch.features
+        if batch.stems is not None:
+            return self.backbone.encode_image_from_stem(batch.stems, visual_prompts)
         if batch.pixels is None:
-            raise ValueError(f"{self.name} needs pixels in the batch (its prompts enter the image encoder)")
+            raise ValueError(f"{self.name} needs pixels or stems in the batch (its prompts enter the image encoder)")
         return self.backbone.encode_image(batch.pixels, visual_prompts)
 
     def _scores(self, image_features: Tensor, text_features: Tensor) -> Tensor:

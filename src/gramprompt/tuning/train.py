@@ -18,7 +18,7 @@ from ..data.dataset import Sample
 from ..data.images import ImageLoadError, load_image
 from ..prompts.base import Batch, PromptMethod
 from .config import TuneConfig, lr_at_epoch
-from .features import FeatureCache, encode_images
+from .features import FeatureCache, encode_images, input_kind
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def _seeded(seed: int, *salt: int) -> torch.Generator:
     return g
 
 
-def _feature_views(method: PromptMethod, samples: Sequence[Sample], cfg: TuneConfig, seed: int,
-                   cache: FeatureCache | None, key: tuple) -> list[tuple[Tensor, Tensor]]:
+def _cached_views(method: PromptMethod, samples: Sequence[Sample], cfg: TuneConfig, seed: int,
+                  cache: FeatureCache | None, key: tuple, kind: str) -> list[tuple[Tensor, Tensor]]:
     tf, bb = method.backbone.transform, method.backbone
     views = []
     for v in range(max(cfg.feature_views, 1)):
@@ -44,9 +44,10 @@ def _feature_views(method: PromptMethod, samples: Sequence[Sample], cfg: TuneCon
             fn = lambda img, gen=gen: tf.train(img, gen)  # noqa: E731
         desc = f"encoding train view {v + 1}" if len(samples) >= 1000 else None
         if cache is None:
-            views.append(encode_images(bb, samples, fn, cfg.eval_batch_size, desc))
+            views.append(encode_images(bb, samples, fn, cfg.eval_batch_size, desc, kind))
         else:
-            views.append(cache.get((*key, "train", seed, cfg.feature_views, v), samples, fn, cfg.eval_batch_size, desc))
+            views.append(cache.get((*key, "train", seed, cfg.feature_views, v), samples, fn, cfg.eval_batch_size,
+                                   desc, kind))
     return views
 
 
@@ -80,11 +81,12 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     if not params:
         return params
     device = method.backbone.device
-    if method.uses_pixels:
+    kind = input_kind(method)
+    if kind == "pixels":
         images, labels = _decoded_images(samples)
         views = None
     else:
-        views = _feature_views(method, samples, cfg, seed, cache, cache_key)
+        views = _cached_views(method, samples, cfg, seed, cache, cache_key, kind)
         labels = views[0][1].cpu()
     opt = torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
@@ -103,7 +105,8 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
                 pixels = torch.stack([method.backbone.transform.train(images[i], aug_gen) for i in idx.tolist()])
                 batch = Batch(pixels=pixels.to(device))
             else:
-                batch = Batch(features=views[epoch % len(views)][0][idx.to(views[0][0].device)])
+                cached = views[epoch % len(views)][0][idx.to(views[0][0].device)]
+                batch = Batch(features=cached) if kind == "features" else Batch(stems=cached)
             logits = method.logits(params, batch, classnames)
             loss = F.cross_entropy(logits, y)
             grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
