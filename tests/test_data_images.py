@@ -46,6 +46,43 @@ def test_load_image_path_roundtrip(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(img), arr)
 
 
+def test_load_image_composites_transparency_on_white(tmp_path: Path) -> None:
+    # Fully transparent pixels store black; half-transparent red over white is
+    # 255, 255 - 0.5 * 255 ~= 128, 128 (Pillow's integer blend may round either way).
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)
+    rgba[0, 1] = (255, 0, 0, 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    out = np.asarray(load_image(tmp_path / "rgba.png")).astype(int)
+    assert out[0, 0].tolist() == [255, 0, 0]
+    assert out[0, 1, 0] == 255 and abs(out[0, 1, 1] - 127) <= 1 and abs(out[0, 1, 2] - 127) <= 1
+    assert out[1].tolist() == [[255, 255, 255]] * 2
+
+    la = np.zeros((1, 2, 2), dtype=np.uint8)
+    la[0, 0] = (40, 255)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert np.asarray(load_image(tmp_path / "la.png")).tolist() == [[[40] * 3, [255] * 3]]
+
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([0, 0, 0, 0, 0, 200] + [0] * 762)
+    pal.putpixel((0, 0), 0)
+    pal.putpixel((1, 0), 1)
+    pal.save(tmp_path / "p.png", transparency=0)
+    img = load_image(tmp_path / "p.png")
+    assert img.mode == "RGB" and np.asarray(img).tolist() == [[[255] * 3, [0, 0, 200]]]
+
+    grey = Image.fromarray(np.array([[0, 90]], dtype=np.uint8), "L")
+    grey.save(tmp_path / "l.png", transparency=0)
+    assert np.asarray(load_image(tmp_path / "l.png")).tolist() == [[[255] * 3, [90] * 3]]
+
+
+def test_load_image_opaque_palette_unchanged(tmp_path: Path) -> None:
+    pal = Image.new("P", (1, 1))
+    pal.putpalette([0, 0, 0] + [0] * 765)
+    pal.save(tmp_path / "p.png")  # no transparency key: black stays black
+    assert np.asarray(load_image(tmp_path / "p.png")).tolist() == [[[0, 0, 0]]]
+
+
 def test_load_image_rejects_bad_arrays() -> None:
     with pytest.raises(TypeError):
         load_image(np.zeros((4, 4), dtype=np.float32))

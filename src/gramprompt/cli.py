@@ -16,7 +16,7 @@ from .data.dataset import DatasetError
 from .data.registry import SPEC_FORMS as DATASET_FORMS
 from .data.registry import dataset_names, load_dataset
 from .data.splits import NotEnoughShotsError
-from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer
+from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
 from .eval.table import render
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
@@ -100,6 +100,28 @@ def cmd_table(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zeroshot(a: argparse.Namespace) -> int:
+    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    print("| Dataset | classes | test images | chance | zero-shot top-1 | x chance |")
+    print("|---|---|---|---|---|---|")
+    for spec in a.datasets:
+        r = zero_shot_all_classes(backbone, load_dataset(spec), max_per_class=a.max_test_per_class)
+        print(f"| {r['dataset']} | {r['classes']} | {r['test_images']} | {r['chance']:.2f} | "
+              f"{r['zeroshot']:.2f} | {r['x_chance']:.2f} |", flush=True)
+    return 0
+
+
+def cmd_build_default_backbone(a: argparse.Namespace) -> int:
+    from .backbones.default.build import BuildConfig, build
+    from .data.pairs import openclipart_pairs
+
+    cfg = BuildConfig(seed=a.seed, base_epochs=a.base_epochs, full_epochs=a.full_epochs, limit=a.limit)
+    command = " ".join(["gram", "build-default-backbone", *sys.argv[2:]])
+    result = build(openclipart_pairs(), cfg, out=a.out, command=command)
+    print(f"wrote {a.out} (sha256 {result['sha256']})")
+    return 0
+
+
 def cmd_make_random_clip(a: argparse.Namespace) -> int:
     from .backbones.random_clip import build_random_clip
 
@@ -157,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="aggregate run folders into Markdown tables (mean ± std over seeds)")
     p.add_argument("dirs", nargs="+", type=Path, help="run folders (searched recursively for summary.json)")
     p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("zeroshot", help="zero-shot accuracy on all classes of datasets, with chance level")
+    _add_backbone_args(p)
+    p.add_argument("--datasets", required=True, nargs="+", help=f"dataset specs: {', '.join(DATASET_FORMS)}")
+    p.add_argument("--max-test-per-class", type=int, default=None, help="seeded subset of the test split")
+    p.set_defaults(fn=cmd_zeroshot)
+
+    from .backbones.default.build import BuildConfig
+    from .backbones.default.model import WEIGHTS
+
+    p = sub.add_parser("build-default-backbone", help="retrain the offline default backbone's image head")
+    p.add_argument("--out", type=Path, default=WEIGHTS, help="weights file to write (a .json card and .log go beside it)")
+    p.add_argument("--seed", type=int, default=BuildConfig.seed)
+    p.add_argument("--base-epochs", type=int, default=BuildConfig.base_epochs)
+    p.add_argument("--full-epochs", type=int, default=BuildConfig.full_epochs)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N openclipart pairs")
+    p.set_defaults(fn=cmd_build_default_backbone)
 
     p = sub.add_parser("make-random-clip", help="write a random-weight CLIP checkpoint (HF format) for offline tests")
     p.add_argument("--preset", default="tiny", help="tiny, small, vit-b-32, vit-b-16, vit-l-14")

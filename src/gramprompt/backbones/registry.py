@@ -6,13 +6,17 @@ import torch
 from .base import Backbone
 from .hf_clip import BackboneError, HFCLIPBackbone
 
-SPEC_FORMS = ("hf:PATH_OR_HUB_ID",)
+SPEC_FORMS = ("default", "default:WEIGHTS.safetensors", "hf:PATH_OR_HUB_ID")
 
 
 def load_backbone(spec: str, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> Backbone:
-    """``hf:openai/clip-vit-base-patch16`` (hub, needs a network) or ``hf:/path/to/checkpoint``."""
+    """``default`` (offline, shipped), ``hf:openai/clip-vit-base-patch16`` (hub) or ``hf:/path/to/checkpoint``."""
     kind, _, rest = spec.partition(":")
     if kind == "hf" and rest:
         return HFCLIPBackbone.from_pretrained(rest, device=device, dtype=dtype)
+    if kind == "default":
+        from .default.model import WEIGHTS, DefaultBackbone
+
+        return DefaultBackbone.from_weights(rest or WEIGHTS, device=device, dtype=dtype)
     raise BackboneError(f"unknown backbone {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")

@@ -31,6 +31,9 @@ class ImageLoadError(ValueError):
 def load_image(source: ImageSource) -> Image.Image:
     """Load ``source`` (path or uint8 array (H, W) / (H, W, 3)) as an RGB PIL image.
 
+    Transparent images (RGBA, LA, palette or grey with a transparency key) are composited
+    onto a white background first.
+
     Pixels are decoded eagerly (``img.load()``) so truncated files fail here, as
     ``ImageLoadError``, rather than later inside a transform.
     """
@@ -40,10 +43,30 @@ def load_image(source: ImageSource) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return _flatten_to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"cannot load image {path!r}: {exc}") from exc
+
+
+# Modes whose pixels carry alpha; other modes may instead carry a ``transparency`` key
+# (a palette index or colour) in ``img.info``.
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def _flatten_to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparent pixels composited onto white.
+
+    A plain ``convert("RGB")`` drops alpha and exposes whatever colour the transparent
+    pixels happen to store (usually black), so transparent clipart and emoji would turn into
+    black-background images unlike anything a CLIP-style model saw in training.
+    """
+    if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    background.alpha_composite(rgba)
+    return background.convert("RGB")
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

@@ -111,3 +111,17 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
 def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
     """The resolved config written to a run folder's ``config.yaml``."""
     return {"protocol": protocol, "backbone": backbone.name, "datasets": datasets, **asdict(cfg)}
+
+
+def zero_shot_all_classes(backbone: Backbone, dataset: ClassificationDataset, *, max_per_class: int | None = None,
+                          seed: int = 0, cache: FeatureCache | None = None, batch_size: int = 64) -> dict:
+    """Hand-crafted-prompt accuracy on all classes of the test split (optionally a seeded subset)."""
+    test = dataset.test
+    if max_per_class is not None:
+        test = few_shot(test, max_per_class, seed, allow_fewer=True, num_classes=dataset.num_classes)
+    method = build_method("zeroshot", backbone, template=template_for(dataset.name))
+    acc = evaluate(method, {}, test, dataset.classnames, batch_size=batch_size, cache=cache,
+                   cache_key=(dataset.name, "all", max_per_class, seed))
+    chance = 100.0 / dataset.num_classes
+    return {"dataset": dataset.name, "classes": dataset.num_classes, "test_images": len(test),
+            "chance": chance, "zeroshot": acc, "x_chance": acc / chance}

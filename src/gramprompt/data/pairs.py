@@ -1,0 +1,523 @@
+"""Image-text pairs built from locally installed Debian packages, so nothing is downloaded.
+
+* ``openclipart``: the openclipart-png images, captioned from the Dublin Core metadata
+  (title, description, keywords) of their openclipart-svg twins.
+* ``noto-emoji``: every fully-qualified emoji of Unicode's emoji-test.txt, rendered once
+  from Noto Color Emoji and captioned with its CLDR name.
+
+Derived data (parsed captions, a PNG index, rendered emoji) is cached under
+``gramprompt.data.cache_dir()`` so only the first call pays for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from gramprompt.data import cache_dir
+from gramprompt.data.dataset import DatasetError
+
+logger = logging.getLogger(__name__)
+
+OPENCLIPART_PNG = "/usr/share/openclipart/png"
+OPENCLIPART_SVG = "/usr/share/openclipart/svg"
+NOTO_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
+
+OPENCLIPART_INSTALL = (
+    "openclipart pairs need the Debian packages openclipart-png and openclipart-svg: "
+    "sudo apt-get install openclipart-png openclipart-svg"
+)
+EMOJI_INSTALL = (
+    "noto-emoji pairs need the Debian packages fonts-noto-color-emoji and unicode-data: "
+    "sudo apt-get install fonts-noto-color-emoji unicode-data"
+)
+
+MAX_CAPTION_CHARS = 300
+# A few openclipart PNGs are 10k-30k pixels a side (up to 623 Mpx); decoding one takes
+# seconds and gigabytes, so images above 4096 x 4096 pixels are left out.
+MAX_PIXELS = 4096 * 4096
+# Titles shared by this many files name a collection ("Lemon SVG theme"), not the picture.
+COLLECTION_TITLE_MIN_FILES = 10
+# Noto Color Emoji is a bitmap (CBDT) font whose strikes exist at size 109 only,
+# drawn into a 136 x 128 glyph box.
+EMOJI_FONT_SIZE = 109
+EMOJI_CANVAS = (136, 128)
+
+_HEAD_BYTES = 64 * 1024
+_CACHE_VERSION = 1  # bump when caption or index rules change, to invalidate old caches
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DC = "{http://purl.org/dc/elements/1.1/}"
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+
+
+@dataclass(frozen=True)
+class ImageTextPair:
+    """One image file with its caption; ``meta`` holds source-specific fields."""
+
+    key: str
+    source: str
+    caption: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class PairScan:
+    """Pairs plus counts of what was read, skipped or repaired, for data cards and logs."""
+
+    pairs: list[ImageTextPair]
+    counts: dict[str, int]
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Write atomically so a concurrent or interrupted run never leaves half a cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_file(cache: str | os.PathLike | None, stem: str, *key: object) -> Path:
+    digest = hashlib.sha1(json.dumps([_CACHE_VERSION, *key]).encode()).hexdigest()[:16]
+    base = Path(cache) if cache is not None else cache_dir() / "openclipart"
+    return base / f"{stem}-{digest}.json"
+
+
+# --------------------------------------------------------------------------- PNG index
+
+
+@dataclass(frozen=True)
+class PngInfo:
+    """A PNG under a root: posix path relative to it, IHDR size and content digest."""
+
+    rel: str
+    width: int
+    height: int
+    sha1: str
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the IHDR chunk, without decoding (and without PIL's bomb check)."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _list_files(root: Path, suffix: str) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.lower().endswith(suffix):
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def png_index(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> list[PngInfo]:
+    """Every ``*.png`` under ``root`` in sorted order; unreadable headers get size (0, 0).
+
+    Cached per (root, file count): reading 8121 clipart files for their digests is the
+    slow part, and the digests are what exposes the package's byte-identical copies.
+    """
+    root = Path(root)
+    rels = _list_files(root, ".png")
+    path = _cache_file(cache, "png-index", str(root.resolve()), len(rels))
+    cached = _read_json(path)
+    if cached is not None:
+        return [PngInfo(**row) for row in cached]
+    index = []
+    for rel in rels:
+        data = (root / rel).read_bytes()
+        width, height = _png_size(data) or (0, 0)
+        index.append(PngInfo(rel, width, height, hashlib.sha1(data).hexdigest()))
+    _write_json(path, [asdict(info) for info in index])
+    return index
+
+
+def usable_pngs(index: Iterable[PngInfo], counts: Counter[str] | None = None) -> list[PngInfo]:
+    """Drop files that are not PNGs or exceed ``MAX_PIXELS``, counting each reason."""
+    counts = counts if counts is not None else Counter()
+    kept = []
+    for info in index:
+        if info.width <= 0 or info.height <= 0:
+            counts["bad_png"] += 1
+        elif info.width * info.height > MAX_PIXELS:
+            counts["oversized_png"] += 1
+        else:
+            kept.append(info)
+    return kept
+
+
+# --------------------------------------------------------------------------- SVG captions
+
+
+@dataclass
+class SvgMeta:
+    """Dublin Core fields of an SVG's ``<metadata>`` block (the ``cc:Work`` ones)."""
+
+    title: str = ""
+    description: str = ""
+    keywords: list[str] = field(default_factory=list)
+
+
+def normalize_text(text: str | None) -> str:
+    """Collapse all whitespace (metadata often has newlines and tabs) to single spaces."""
+    return " ".join((text or "").split())
+
+
+def _closing_metadata_end(data: bytes) -> int:
+    """Index just past the first ``</metadata>`` (any namespace prefix), or -1."""
+    start = 0
+    while (i := data.find(b"metadata>", start)) >= 0:
+        lt = data.rfind(b"<", 0, i)
+        tag = data[lt + 1 : i]
+        if lt >= 0 and tag.startswith(b"/") and not any(c in tag for c in b" \t\r\n>"):
+            return i + len(b"metadata>")
+        start = i + 1
+    return -1
+
+
+def _metadata_bytes(path: Path) -> bytes:
+    """The file up to the end of its metadata block: the first 64 KB usually suffice."""
+    with open(path, "rb") as fh:
+        data = fh.read(_HEAD_BYTES)
+        end = _closing_metadata_end(data)
+        if end < 0:
+            data += fh.read()
+            end = _closing_metadata_end(data)
+    return data[:end] if end >= 0 else data
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_svg_metadata(path: str | os.PathLike) -> SvgMeta:
+    """Parse title, description and ``dc:subject`` keywords; raises ``ET.ParseError``/``OSError``.
+
+    An incremental parser is fed only the bytes up to ``</metadata>``, so the drawing
+    itself (often megabytes) is never read. Titles inside ``cc:Agent`` (author names) are
+    ignored by requiring the parent to be ``cc:Work``.
+    """
+    parser = ET.XMLPullParser(events=("start", "end"))
+    parser.feed(_metadata_bytes(Path(path)))
+    meta = SvgMeta()
+    stack: list[str] = []
+    for event, elem in parser.read_events():
+        if event == "start":
+            stack.append(elem.tag)
+            continue
+        stack.pop()
+        parent = _local(stack[-1]) if stack else ""
+        if elem.tag == f"{_DC}title" and parent == "Work" and not meta.title:
+            meta.title = normalize_text(elem.text)
+        elif elem.tag == f"{_DC}description" and parent == "Work" and not meta.description:
+            meta.description = normalize_text(elem.text)
+        elif elem.tag == f"{_RDF}li" and f"{_DC}subject" in stack:
+            meta.keywords.append(normalize_text(elem.text))
+        elif elem.tag == f"{_DC}subject" and len(elem) == 0:  # plain "a, b" subject text
+            meta.keywords.extend(normalize_text(k) for k in (elem.text or "").split(","))
+        if _local(elem.tag) == "metadata":
+            break
+    return meta
+
+
+def clean_keywords(keywords: Iterable[str]) -> list[str]:
+    """Drop empties and case-insensitive repeats; ``signs_and_symbols`` -> ``signs and symbols``."""
+    seen: set[str] = set()
+    out = []
+    for kw in keywords:
+        kw = normalize_text(kw.replace("_", " "))
+        if kw and kw.casefold() not in seen:
+            seen.add(kw.casefold())
+            out.append(kw)
+    return out
+
+
+def filename_words(rel: str) -> str:
+    """Readable words of a file name: ``pesca_architetto_01.png`` -> ``pesca architetto``.
+
+    Tokens with digits (numbering, sizes) and single letters carry no meaning and are dropped.
+    """
+    stem = Path(rel).stem
+    for sep in "_-.":
+        stem = stem.replace(sep, " ")
+    return " ".join(t for t in stem.split() if len(t) > 1 and not any(c.isdigit() for c in t))
+
+
+def _is_placeholder(description: str, title: str) -> bool:
+    """Descriptions that repeat the title or are just a URL/e-mail add nothing to a caption."""
+    low = description.casefold()
+    return low == title.casefold() or any(m in low for m in ("http://", "https://", "www.", "@"))
+
+
+def truncate_words(text: str, limit: int = MAX_CAPTION_CHARS) -> str:
+    """Cut at a word boundary so captions stay short enough for a 77-token text encoder."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,.;:")
+
+
+def build_caption(title: str, description: str, keywords: Iterable[str]) -> str:
+    """``title. description. kw1, kw2`` with empty or placeholder parts dropped."""
+    title, description = normalize_text(title), normalize_text(description)
+    if _is_placeholder(description, title):
+        description = ""
+    parts = [p.rstrip(" .") for p in (title, description, ", ".join(clean_keywords(keywords)))]
+    return truncate_words(". ".join(p for p in parts if p))
+
+
+def _svg_meta_or_empty(svg: Path, counts: Counter[str]) -> SvgMeta:
+    """A missing or malformed SVG is counted and gives empty metadata (file-name fallback)."""
+    if not svg.is_file():
+        counts["missing_svg"] += 1
+        return SvgMeta()
+    try:
+        return read_svg_metadata(svg)
+    except (ET.ParseError, OSError, UnicodeError, ValueError) as exc:
+        counts["malformed_svg"] += 1
+        logger.debug("unparseable SVG %s: %s", svg, exc)
+        return SvgMeta()
+
+
+def _build_openclipart(root_png: Path, root_svg: Path, index: list[PngInfo]) -> PairScan:
+    counts: Counter[str] = Counter(png_files=len(index))
+    images = usable_pngs(index, counts)
+    first_of: dict[str, str] = {}
+    records = []
+    for info in images:
+        if info.sha1 in first_of:  # byte-identical copy filed under another path
+            counts["duplicate_png"] += 1
+            continue
+        first_of[info.sha1] = info.rel
+        svg = root_svg / (info.rel[: -len(".png")] + ".svg")
+        records.append((info.rel, _svg_meta_or_empty(svg, counts)))
+    title_files = Counter(m.title.casefold() for _, m in records if m.title)
+    pairs = []
+    for rel, meta in records:
+        name = filename_words(rel)
+        title = meta.title
+        if not title or title_files[title.casefold()] >= COLLECTION_TITLE_MIN_FILES:
+            if name:
+                counts["filename_title"] += 1
+                title = name
+        caption = build_caption(title, meta.description, meta.keywords)
+        if not caption:
+            counts["no_caption"] += 1
+            continue
+        pairs.append(ImageTextPair(
+            key=rel[: -len(".png")],
+            source=str(root_png / rel),
+            caption=caption,
+            meta={"category": rel.split("/", 1)[0], "title": meta.title,
+                  "keywords": clean_keywords(meta.keywords), "name": name},
+        ))
+    counts["pairs"] = len(pairs)
+    return PairScan(pairs, dict(sorted(counts.items())))
+
+
+def scan_openclipart(
+    root_png: str | os.PathLike = OPENCLIPART_PNG,
+    root_svg: str | os.PathLike = OPENCLIPART_SVG,
+    cache: str | os.PathLike | None = None,
+) -> PairScan:
+    """Openclipart pairs with skip counts; cached as JSON per (roots, PNG count).
+
+    Captions follow ``build_caption``. The title is replaced by the file-name words when it
+    is empty, when the SVG is missing or malformed, or when it is a collection title shared
+    by ``COLLECTION_TITLE_MIN_FILES`` or more files. Oversized images, non-PNGs and
+    byte-identical copies (first sorted path kept) are left out and counted.
+    """
+    root_png, root_svg = Path(root_png), Path(root_svg)
+    if not root_png.is_dir() or not root_svg.is_dir():
+        raise DatasetError(OPENCLIPART_INSTALL)
+    index = png_index(root_png, cache)
+    path = _cache_file(cache, "pairs", str(root_png.resolve()), str(root_svg.resolve()), len(index))
+    cached = _read_json(path)
+    if cached is not None:
+        return PairScan([ImageTextPair(**p) for p in cached["pairs"]], cached["counts"])
+    scan = _build_openclipart(root_png, root_svg, index)
+    _write_json(path, {"counts": scan.counts, "pairs": [asdict(p) for p in scan.pairs]})
+    logger.info("openclipart pairs: %s", scan.counts)
+    return scan
+
+
+def openclipart_pairs(
+    root_png: str | os.PathLike = OPENCLIPART_PNG,
+    root_svg: str | os.PathLike = OPENCLIPART_SVG,
+    cache: str | os.PathLike | None = None,
+) -> list[ImageTextPair]:
+    """Openclipart PNGs captioned from their SVG twins' metadata, sorted by key."""
+    return scan_openclipart(root_png, root_svg, cache).pairs
+
+
+# --------------------------------------------------------------------------- emoji
+
+
+@dataclass(frozen=True)
+class EmojiEntry:
+    """One fully-qualified line of emoji-test.txt."""
+
+    codepoints: tuple[int, ...]
+    name: str
+    group: str
+    subgroup: str
+
+    @property
+    def text(self) -> str:
+        return "".join(map(chr, self.codepoints))
+
+    @property
+    def key(self) -> str:
+        """File-name-safe id, e.g. ``1f469-200d-1f4bc``."""
+        return "-".join(f"{cp:x}" for cp in self.codepoints)
+
+
+def parse_emoji_test(lines: Iterable[str]) -> list[EmojiEntry]:
+    """Fully-qualified entries in file order, with their ``# group:``/``# subgroup:`` headers.
+
+    Data lines look like ``1F600 ; fully-qualified # 😀 E1.0 grinning face``; the keycap
+    ``#️⃣`` shows why only the first ``#`` separates the comment.
+    """
+    group = subgroup = ""
+    entries = []
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("# group:"):
+            group = line.removeprefix("# group:").strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.removeprefix("# subgroup:").strip()
+        elif line and not line.startswith("#"):
+            data, _, comment = line.partition("#")
+            cps, _, status = data.partition(";")
+            if status.strip() != "fully-qualified":
+                continue
+            fields = comment.split(maxsplit=2)  # emoji, E<version>, name
+            if len(fields) < 3 or not cps.split():
+                continue
+            entries.append(EmojiEntry(
+                tuple(int(cp, 16) for cp in cps.split()), normalize_text(fields[2]), group, subgroup
+            ))
+    return entries
+
+
+def load_emoji_font(path: str | os.PathLike = NOTO_EMOJI_FONT) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(os.fspath(path), EMOJI_FONT_SIZE)
+
+
+def render_emoji(text: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
+    """Centred RGB rendering on white, or ``None`` when the font cannot draw it as one glyph.
+
+    Unsupported sequences come out either blank or as several glyphs side by side (wider
+    than one glyph box); neither is a picture of the named emoji.
+    """
+    width, height = EMOJI_CANVAS
+    left, top, right, bottom = font.getbbox(text)
+    if right - left > 1.5 * width:
+        return None
+    canvas = Image.new("RGBA", EMOJI_CANVAS, (255, 255, 255, 0))
+    xy = ((width - (right - left)) // 2 - left, (height - (bottom - top)) // 2 - top)
+    ImageDraw.Draw(canvas).text(xy, text, font=font, embedded_color=True)
+    if canvas.getchannel("A").getbbox() is None:
+        return None
+    background = Image.new("RGBA", EMOJI_CANVAS, (255, 255, 255, 255))
+    background.alpha_composite(canvas)
+    return background.convert("RGB")
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        img.save(fh, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def _emoji_render_dir(cache: str | os.PathLike | None, font_path: Path) -> Path:
+    """Renderings depend on the font build, so its size and mtime pick the folder."""
+    if cache is not None:
+        return Path(cache)
+    stat = font_path.stat()
+    return cache_dir() / "noto-emoji" / f"{font_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def scan_noto_emoji(
+    cache: str | os.PathLike | None = None,
+    font_path: str | os.PathLike = NOTO_EMOJI_FONT,
+    emoji_test: str | os.PathLike = EMOJI_TEST,
+) -> PairScan:
+    """Render (once) every fully-qualified emoji into ``cache`` and pair it with its name.
+
+    Later calls reuse the PNG files and a manifest of the emoji found unrenderable, so no
+    glyph is drawn twice.
+    """
+    font_path, emoji_test = Path(font_path), Path(emoji_test)
+    if not font_path.is_file() or not emoji_test.is_file():
+        raise DatasetError(EMOJI_INSTALL)
+    with open(emoji_test, encoding="utf-8") as fh:
+        entries = parse_emoji_test(fh)
+    out_dir = _emoji_render_dir(cache, font_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "unrenderable.json"
+    unrenderable = set(_read_json(manifest_path) or [])
+    present = set(os.listdir(out_dir))
+    font: ImageFont.FreeTypeFont | None = None
+    counts: Counter[str] = Counter(entries=len(entries))
+    pairs = []
+    for entry in entries:
+        png = f"{entry.key}.png"
+        if entry.key in unrenderable:
+            counts["unrenderable"] += 1
+            continue
+        if png not in present:
+            font = font or load_emoji_font(font_path)
+            img = render_emoji(entry.text, font)
+            if img is None:
+                unrenderable.add(entry.key)
+                counts["unrenderable"] += 1
+                continue
+            _save_png(img, out_dir / png)
+            counts["rendered"] += 1
+        pairs.append(ImageTextPair(
+            key=entry.key,
+            source=str(out_dir / png),
+            caption=entry.name,
+            meta={"group": entry.group, "subgroup": entry.subgroup, "name": entry.name},
+        ))
+    if font is not None:
+        _write_json(manifest_path, sorted(unrenderable))
+        logger.info("noto emoji: %s", dict(counts))
+    counts["pairs"] = len(pairs)
+    return PairScan(pairs, dict(sorted(counts.items())))
+
+
+def noto_emoji_pairs(cache: str | os.PathLike | None = None) -> list[ImageTextPair]:
+    """Fully-qualified emoji rendered from Noto Color Emoji, captioned with their names."""
+    return scan_noto_emoji(cache).pairs
+
+
+PAIR_SOURCES: dict[str, Callable[[], list[ImageTextPair]]] = {
+    "openclipart": openclipart_pairs,
+    "noto-emoji": noto_emoji_pairs,
+}
