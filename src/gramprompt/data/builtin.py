@@ -1,4 +1,4 @@
-"""Small datasets bundled with installed libraries, for smoke tests without any download."""
+"""Datasets available without any download: bundled with libraries or installed packages."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from gramprompt.data.dataset import ClassificationDataset, Sample
+from gramprompt.data.offline import OFFLINE_DATASETS
 from gramprompt.data.splits import stratified_split
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -24,6 +25,9 @@ def load_digits_dataset(test_fraction: float = 0.3, seed: int = 0) -> Classifica
     return ClassificationDataset(name="digits", classnames=list(DIGIT_NAMES), train=train, test=test)
 
 
+# digits ships with scikit-learn; the offline sets need OS/PyPI packages and raise a
+# DatasetError naming the install command when those are missing.
 BUILTIN_DATASETS: dict[str, Callable[[], ClassificationDataset]] = {
     "digits": load_digits_dataset,
+    **OFFLINE_DATASETS,
 }

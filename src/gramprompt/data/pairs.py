@@ -55,7 +55,7 @@ EMOJI_FONT_SIZE = 109
 EMOJI_CANVAS = (136, 128)
 
 _HEAD_BYTES = 64 * 1024
-_CACHE_VERSION = 1  # bump when caption or index rules change, to invalidate old caches
+_CACHE_VERSION = 4  # bump when caption or index rules change, to invalidate old caches
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DC = "{http://purl.org/dc/elements/1.1/}"
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
@@ -256,14 +256,22 @@ def clean_keywords(keywords: Iterable[str]) -> list[str]:
 
 
 def filename_words(rel: str) -> str:
-    """Readable words of a file name: ``pesca_architetto_01.png`` -> ``pesca architetto``.
+    """Readable words of a file name: ``smiley119_architetto_01.png`` -> ``smiley architetto``.
 
-    Tokens with digits (numbering, sizes) and single letters carry no meaning and are dropped.
+    Trailing numbering is stripped from each token; tokens that still hold digits
+    (``22pt03step``) and single letters carry no meaning and are dropped.
     """
     stem = Path(rel).stem
     for sep in "_-.":
         stem = stem.replace(sep, " ")
-    return " ".join(t for t in stem.split() if len(t) > 1 and not any(c.isdigit() for c in t))
+    words = (t.rstrip("0123456789") for t in stem.split())
+    return " ".join(w for w in words if len(w) > 1 and not any(c.isdigit() for c in w))
+
+
+def _title_family(title: str) -> str:
+    """``Clipart by Nicu Buculei - fc23`` -> ``clipart by nicu buculei``: collections often
+    share a title prefix (with a suffix that is not even reliably the right picture)."""
+    return title.split(" - ", 1)[0].casefold()
 
 
 def _is_placeholder(description: str, title: str) -> bool:
@@ -314,15 +322,14 @@ def _build_openclipart(root_png: Path, root_svg: Path, index: list[PngInfo]) -> 
         first_of[info.sha1] = info.rel
         svg = root_svg / (info.rel[: -len(".png")] + ".svg")
         records.append((info.rel, _svg_meta_or_empty(svg, counts)))
-    title_files = Counter(m.title.casefold() for _, m in records if m.title)
+    family_files = Counter(_title_family(m.title) for _, m in records if m.title)
     pairs = []
     for rel, meta in records:
         name = filename_words(rel)
         title = meta.title
-        if not title or title_files[title.casefold()] >= COLLECTION_TITLE_MIN_FILES:
-            if name:
-                counts["filename_title"] += 1
-                title = name
+        if not title or family_files[_title_family(title)] >= COLLECTION_TITLE_MIN_FILES:
+            counts["filename_title"] += bool(name)
+            title = name
         caption = build_caption(title, meta.description, meta.keywords)
         if not caption:
             counts["no_caption"] += 1
@@ -334,6 +341,7 @@ def _build_openclipart(root_png: Path, root_svg: Path, index: list[PngInfo]) -> 
             meta={"category": rel.split("/", 1)[0], "title": meta.title,
                   "keywords": clean_keywords(meta.keywords), "name": name},
         ))
+    pairs.sort(key=lambda p: p.key)  # path order differs: "a-b.png" < "a.png" but "a" < "a-b"
     counts["pairs"] = len(pairs)
     return PairScan(pairs, dict(sorted(counts.items())))
 
@@ -346,9 +354,10 @@ def scan_openclipart(
     """Openclipart pairs with skip counts; cached as JSON per (roots, PNG count).
 
     Captions follow ``build_caption``. The title is replaced by the file-name words when it
-    is empty, when the SVG is missing or malformed, or when it is a collection title shared
-    by ``COLLECTION_TITLE_MIN_FILES`` or more files. Oversized images, non-PNGs and
-    byte-identical copies (first sorted path kept) are left out and counted.
+    is empty, when the SVG is missing or malformed, or when it is a collection title (its
+    part before `` - `` shared by ``COLLECTION_TITLE_MIN_FILES`` or more files). Oversized
+    images, non-PNGs and byte-identical copies (first sorted path kept) are left out and
+    counted.
     """
     root_png, root_svg = Path(root_png), Path(root_svg)
     if not root_png.is_dir() or not root_svg.is_dir():
