@@ -5,16 +5,22 @@ PIP = $(PYTHON) -m pip
 # CPU build here; on a GPU machine install the CUDA build of torch first (see README), then `make setup`.
 TORCH ?= torch==2.13.0
 STAMP = .cache/setup.stamp
+# the offline data: image-text pairs (openclipart, Noto emoji) and classification sets
+DEBIAN_PACKAGES = openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data dataset-fashion-mnist
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); }
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[test]"
-	# only the CLIP BPE vocabulary file of open_clip_torch is used (its code would pull torchvision)
-	$(PIP) install -q --no-deps "open_clip_torch>=2.20"
+	# only the CLIP BPE vocabulary file of open_clip_torch is used (its code would pull torchvision);
+	# animal-mnist's own loader imports tensorflow, we read its data files
+	$(PIP) install -q --no-deps "open_clip_torch>=2.20" "animal-mnist>=0.4"
 	mkdir -p .cache && touch $(STAMP)
 
 demo: setup

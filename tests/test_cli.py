@@ -108,3 +108,15 @@ def test_unknown_method_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         main(["fewshot", "--backbone", "hf:x", "--method", "maple", "--dataset", "digits", "--out", "x"])
     assert "coop" in capsys.readouterr().err
+
+
+def test_quick_demo_runs_and_reuses_finished_runs(tiny_clip_dir, tmp_path, capsys):
+    argv = ["demo", "--quick", "--backbone", f"hf:{tiny_clip_dir}", "--datasets", "digits",
+            "--methods", "zeroshot", "coop", "vpt", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "## Zero-shot, all classes" in out and "| digits | vpt |" in out
+    assert json.loads((tmp_path / "zeroshot.json").read_text())[0]["classes"] == 10
+    first = (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns == first

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from .eval.table import render
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
-from .tuning.features import FeatureCache
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -47,6 +45,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--init", default=None, help="start from these prompts (.safetensors or run folder)")
     p.add_argument("--label", default=None, help='row name in result tables (default: the method, "+init" with --init)')
+    p.add_argument("--max-test-per-class", type=int, default=None, help="evaluate on a seeded test subset")
     p.add_argument("--allow-fewer-shots", action="store_true",
                    help="use all images of a class with fewer than --shots (default: error)")
     p.add_argument("--epochs", type=int, default=d_tune.epochs)
@@ -64,6 +63,7 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
     text_tokens = a.text_tokens
     return FewShotConfig(
         method=a.method, label=a.label, shots=a.shots, seed=a.seed, init=a.init, allow_fewer_shots=a.allow_fewer_shots,
+        max_test_per_class=a.max_test_per_class,
         prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth),
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))
@@ -130,31 +130,12 @@ def cmd_make_random_clip(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .backbones.random_clip import build_random_clip
+    from .demo import DemoConfig, run_demo
 
-    start = time.perf_counter()
-    out: Path = a.out
-    ckpt = out / "backbone"
-    if not (ckpt / "config.json").is_file():
-        build_random_clip(ckpt, "small", seed=0)
-    backbone = load_backbone(f"hf:{ckpt}", device=_device(a.device))
-    dataset = load_dataset("digits")
-    cache = FeatureCache(backbone)
-    tune = TuneConfig(epochs=a.epochs, batch_size=a.batch_size)
-    print(f"demo: backbone {backbone.name} (random weights), dataset digits "
-          f"({dataset.num_classes} classes), {a.shots} shots, seeds {a.seeds}")
-    for method in a.methods:
-        for seed in a.seeds:
-            run_dir = out / "runs" / f"digits-{method}-seed{seed}"
-            if (run_dir / "summary.json").is_file():
-                continue
-            cfg = FewShotConfig(method=method, shots=a.shots, seed=seed, tune=tune)
-            s = base_to_new(backbone, dataset, cfg, run=RunDir.create(run_dir, run_config(backbone, ["digits"], cfg, "base2new")),
-                            cache=cache)
-            print(f"  {method:9s} seed {seed}: base {s['base']:6.2f}  new {s['new']:6.2f}  H {s['h']:6.2f}  ({s['seconds']:.1f} s)")
-    print()
-    print(render([out / "runs"]))
-    print(f"\ntotal time {time.perf_counter() - start:.1f} s; runs in {out / 'runs'}")
+    overrides = {k: v for k, v in {"out": a.out, "backbone": a.backbone, "datasets": a.datasets, "methods": a.methods,
+                                   "seeds": a.seeds}.items() if v is not None}
+    cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
+    print(run_demo(cfg, device=_device(a.device)))
     return 0
 
 
@@ -203,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(fn=cmd_make_random_clip)
 
-    p = sub.add_parser("demo", help="offline few-shot demo on the built-in digits dataset")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(METHODS), metavar="METHOD")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=TuneConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("demo", help="offline demo: zero-shot and base-to-new prompt tuning on the offline datasets")
+    p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")
+    p.add_argument("--out", type=Path, default=None, help="demo folder (default runs/demo); finished runs are reused")
+    p.add_argument("--backbone", default=None, help="backbone spec (default: the shipped offline backbone)")
+    p.add_argument("--datasets", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), metavar="METHOD")
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--device", default=None)
     p.set_defaults(fn=cmd_demo)
     return parser

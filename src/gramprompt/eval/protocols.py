@@ -29,6 +29,7 @@ class FewShotConfig:
     seed: int = 1
     init: str | None = None  # a prompts .safetensors (e.g. GRAM's theta*) to start from
     allow_fewer_shots: bool = False  # take all images of a class that has fewer than `shots`
+    max_test_per_class: int | None = None  # evaluate on a seeded subset of the test split (None: all)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -64,6 +65,14 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig
     return method, params, len(train)
 
 
+def _test(dataset: ClassificationDataset, cfg: FewShotConfig) -> list:
+    """The test split, or its seeded subset of at most ``max_test_per_class`` images per class (seed 0:
+    the same images for every run, so runs and seeds stay comparable)."""
+    if cfg.max_test_per_class is None:
+        return dataset.test
+    return few_shot(dataset.test, cfg.max_test_per_class, 0, allow_fewer=True, num_classes=dataset.num_classes)
+
+
 def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
     label = cfg.label or (f"{cfg.method}+init" if cfg.init else cfg.method)
     return {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "label": label, "backbone": backbone.name,
@@ -77,10 +86,10 @@ def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShot
     base, new = base_new_split(dataset)
     method, params, n_train = _tune(backbone, base, cfg, run, cache, "base")
     bs = cfg.tune.eval_batch_size
-    acc_base = evaluate(method, params, base.test, base.classnames, batch_size=bs, cache=cache,
-                        cache_key=(dataset.name, "base"))
-    acc_new = evaluate(method, params, new.test, new.classnames, batch_size=bs, cache=cache,
-                       cache_key=(dataset.name, "new"))
+    acc_base = evaluate(method, params, _test(base, cfg), base.classnames, batch_size=bs, cache=cache,
+                        cache_key=(dataset.name, "base", cfg.max_test_per_class))
+    acc_new = evaluate(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
+                       cache_key=(dataset.name, "new", cfg.max_test_per_class))
     summary = {**_summary(backbone, dataset, cfg, "base2new"), "base": acc_base, "new": acc_new,
                "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
                "base_classes": base.num_classes, "new_classes": new.num_classes,
@@ -96,10 +105,10 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     start = time.perf_counter()
     method, params, n_train = _tune(backbone, source, cfg, run, cache, "all")
     bs = cfg.tune.eval_batch_size
-    acc_source = evaluate(method, params, source.test, source.classnames, batch_size=bs, cache=cache,
-                          cache_key=(source.name, "all"))
-    accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, t.test, t.classnames,
-                             batch_size=bs, cache=cache, cache_key=(t.name, "all"))
+    acc_source = evaluate(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
+                          cache_key=(source.name, "all", cfg.max_test_per_class))
+    accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
+                             batch_size=bs, cache=cache, cache_key=(t.name, "all", cfg.max_test_per_class))
             for t in targets}
     summary = {**_summary(backbone, source, cfg, "transfer"), "source": acc_source, "targets": accs,
                "train_images": n_train, "seconds": time.perf_counter() - start}
@@ -116,9 +125,8 @@ def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, prot
 def zero_shot_all_classes(backbone: Backbone, dataset: ClassificationDataset, *, max_per_class: int | None = None,
                           seed: int = 0, cache: FeatureCache | None = None, batch_size: int = 64) -> dict:
     """Hand-crafted-prompt accuracy on all classes of the test split (optionally a seeded subset)."""
-    test = dataset.test
-    if max_per_class is not None:
-        test = few_shot(test, max_per_class, seed, allow_fewer=True, num_classes=dataset.num_classes)
+    test = dataset.test if max_per_class is None else few_shot(dataset.test, max_per_class, seed, allow_fewer=True,
+                                                               num_classes=dataset.num_classes)
     method = build_method("zeroshot", backbone, template=template_for(dataset.name))
     acc = evaluate(method, {}, test, dataset.classnames, batch_size=batch_size, cache=cache,
                    cache_key=(dataset.name, "all", max_per_class, seed))

@@ -20,6 +20,10 @@ DATASET_TEMPLATES: dict[str, str] = {
     "imagenetsketch": "a photo of a {}.",
     "imageneta": "a photo of a {}.",
     "imagenetr": "a photo of a {}.",
+    # the offline sets (gramprompt.data.offline), chosen a priori to describe the images' kind
+    "emojigroups": "an emoji of {}.",
+    "emojisubgroups": "an emoji of {}.",
+    "clipartcategories": "a clipart of {}.",
 }
 
 

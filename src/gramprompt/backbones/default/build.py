@@ -195,7 +195,7 @@ def save_weights(head: ImageHead, path: Path, cfg: BuildConfig, metrics: dict, c
 
 
 def build(pairs: list, cfg: BuildConfig, out: Path = WEIGHTS, cache: Path | None = None,
-          command: str = "gram build-default-backbone") -> dict:
+          command: str = "gram build-default-backbone", reference: bool = True) -> dict:
     from ...data import cache_dir
 
     pairs = pairs[:cfg.limit] if cfg.limit else pairs
@@ -214,5 +214,27 @@ def build(pairs: list, cfg: BuildConfig, out: Path = WEIGHTS, cache: Path | None
     head, metrics = train_head(feats, cfg, log)
     digest = save_weights(head, out, cfg, metrics, command)
     log({"weights": str(out), "sha256": digest, **metrics})
+    result = {"sha256": digest, **metrics}
+    if reference:
+        result["reference_zeroshot"] = reference_zero_shot(out)
+        card = json.loads(out.with_suffix(".json").read_text())
+        card["reference_zeroshot"] = result["reference_zeroshot"]
+        out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        log({"reference_zeroshot": result["reference_zeroshot"]})
     log_file.close()
-    return {"sha256": digest, **metrics}
+    return result
+
+
+# A fixed small check that the shipped file reproduces: zero-shot top-1 on a seeded subset.
+REFERENCE_SETS = ("emoji-groups", "fashion-mnist", "animal-mnist", "digits")
+REFERENCE_PER_CLASS = 10
+
+
+def reference_zero_shot(weights: Path) -> dict:
+    from ...data.registry import load_dataset
+    from ...eval.protocols import zero_shot_all_classes
+    from .model import DefaultBackbone
+
+    backbone = DefaultBackbone.from_weights(weights)
+    return {name: zero_shot_all_classes(backbone, load_dataset(name), max_per_class=REFERENCE_PER_CLASS)["zeroshot"]
+            for name in REFERENCE_SETS}
