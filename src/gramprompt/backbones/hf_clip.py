@@ -9,6 +9,7 @@ Weights and tokenizer come from the checkpoint unchanged, and tests check the re
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ..data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from .base import TokenizedText
+from .visual_prompts import run_with_prompts
 
 
 class BackboneError(ValueError):
@@ -145,20 +147,8 @@ class HFCLIPBackbone(nn.Module):
 
     def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
         vm = self.model.vision_model
-        x = stem.to(self.dtype)
-        deep = visual_prompts is not None and visual_prompts.dim() == 3
-        if deep and visual_prompts.shape[0] > self.vision_layers:
-            raise ValueError(f"deep prompt depth {visual_prompts.shape[0]} > {self.vision_layers} layers")
-        m = 0
-        if visual_prompts is not None:
-            first = visual_prompts[0] if deep else visual_prompts
-            m = first.shape[0]
-            x = torch.cat([x, first.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-        x = vm.pre_layrnorm(x)
-        for i, layer in enumerate(vm.encoder.layers):
-            if deep and 0 < i < visual_prompts.shape[0]:
-                x = torch.cat([x[:, :-m], visual_prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-            x = _block(layer, x, causal=False)
+        layers = [partial(_block, layer, causal=False) for layer in vm.encoder.layers]
+        x = run_with_prompts(stem.to(self.dtype), layers, visual_prompts, pre=vm.pre_layrnorm)
         return self.model.visual_projection(vm.post_layernorm(x[:, 0]))
 
     def logit_scale(self) -> Tensor:

@@ -137,8 +137,11 @@ def _train_stage(head: ImageHead, feats: Features, train: Tensor, val: Tensor, s
         groups = [{"params": base_params, "lr": cfg.lr * 0.1}, {"params": branch, "lr": cfg.branch_lr}]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps = epochs * math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                pct_start=0.1, anneal_strategy="cos")
+    if steps >= 20:  # one-cycle: 10% warm-up, then cosine annealing
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                    pct_start=0.1, anneal_strategy="cos")
+    else:  # too few steps for that schedule (tiny --limit runs): constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     best, best_state = None, None
     for epoch in range(epochs):
         head.train()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..visual_prompts import run_with_prompts
+
 FEATURE_DIM = 1280  # EfficientNet-Lite0's last feature map channels
 MAP_TOKENS = 49  # its 7x7 grid at 224 px
 
@@ -78,16 +80,5 @@ class ImageHead(nn.Module):
         d, w = self.cfg.embed_dim, self.cfg.width
         base, tokens = stem[:, :d], stem[:, d:].view(len(stem), MAP_TOKENS, w)
         x = torch.cat([self.readout.expand(len(stem), 1, w).to(tokens.dtype), tokens], dim=1)
-        deep = visual_prompts is not None and visual_prompts.dim() == 3
-        if deep and visual_prompts.shape[0] > len(self.layers):
-            raise ValueError(f"deep prompt depth {visual_prompts.shape[0]} > {len(self.layers)} layers")
-        m = 0
-        if visual_prompts is not None:
-            first = visual_prompts[0] if deep else visual_prompts
-            m = first.shape[0]
-            x = torch.cat([x, first.to(x.dtype).expand(len(x), -1, -1)], dim=1)
-        for i, layer in enumerate(self.layers):
-            if deep and 0 < i < visual_prompts.shape[0]:
-                x = torch.cat([x[:, :x.shape[1] - m], visual_prompts[i].to(x.dtype).expand(len(x), -1, -1)], dim=1)
-            x = layer(x)
+        x = run_with_prompts(x, self.layers, visual_prompts)
         return base + self.out(self.norm(x[:, 0]))
