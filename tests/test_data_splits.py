@@ -10,7 +10,6 @@ from gramprompt.data.splits import (
     base_new_split,
     few_shot,
     stratified_split,
-    validation_shots,
 )
 
 
@@ -153,9 +152,3 @@ def test_stratified_split_counts_and_determinism() -> None:
 def test_stratified_split_needs_two_per_class() -> None:
     with pytest.raises(ValueError, match=r"\[1\]"):
         stratified_split(_samples({0: 5, 1: 1}))
-
-
-def test_validation_shots() -> None:
-    assert [validation_shots(k) for k in (1, 2, 4, 8, 16)] == [1, 2, 4, 4, 4]
-    with pytest.raises(ValueError):
-        validation_shots(0)

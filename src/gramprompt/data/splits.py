@@ -13,9 +13,6 @@ from sklearn.model_selection import train_test_split
 
 from gramprompt.data.dataset import ClassificationDataset, Sample
 
-MAX_VALIDATION_SHOTS = 4
-
-
 class NotEnoughShotsError(ValueError):
     """A class has fewer samples than the requested number of shots."""
 
@@ -127,10 +124,3 @@ def stratified_split(
         np.arange(len(samples)), test_size=test_fraction, stratify=labels, random_state=seed
     )
     return ([samples[i] for i in np.sort(train_idx)], [samples[i] for i in np.sort(test_idx)])
-
-
-def validation_shots(shots: int) -> int:
-    """Validation shots per class: as many as training, capped at 4 (CoOp protocol)."""
-    if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
-    return min(shots, MAX_VALIDATION_SHOTS)
