@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             n_used = int(trunc_tokens.lengths.max()) + m
 
             f_t, f_f = forward(trunc_tokens, True), forward(full_tokens, False)
-            (l_t, g_t), (l_f, g_f) = forward_backward(trunc_tokens, True, labels), forward_backward(full_tokens, False, labels)
+            (_, g_t), (_, g_f) = forward_backward(trunc_tokens, True, labels), forward_backward(full_tokens, False, labels)
             feat_diff = float((f_t - f_f).abs().max())
             grad_diff = float((g_t - g_f).abs().max())
             feat_scale = max(feat_scale, float(f_f.abs().max()))

@@ -1,6 +1,8 @@
 """Shared fixtures: a random-weight tiny CLIP saved to and loaded from a local HF directory."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -21,3 +23,13 @@ def backbone(tiny_clip_dir):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@contextmanager
+def full_length(backbone):
+    """Run the text tower over all 77 positions (the untruncated reference)."""
+    backbone.truncate = False
+    try:
+        yield backbone
+    finally:
+        backbone.truncate = True

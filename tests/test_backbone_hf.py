@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import full_length
 from gramprompt.backbones import BackboneError, load_backbone
 
 TEXTS = ["a photo of a dog.", "a photo of a golden retriever, a type of pet.", "x", "satellite photo of annual crop land."]
@@ -31,11 +32,8 @@ def test_truncation_is_exact(backbone):
     tok = backbone.tokenize(TEXTS)
     emb = backbone.token_embeddings(tok.ids)
     truncated = backbone.encode_text_embeddings(emb, tok.lengths)
-    backbone.truncate = False
-    try:
+    with full_length(backbone):
         full = backbone.encode_text_embeddings(emb, tok.lengths)
-    finally:
-        backbone.truncate = True
     assert (truncated - full).abs().max() < 1e-5
 
 

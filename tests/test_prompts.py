@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import full_length
 from gramprompt.prompts import METHODS, Batch, PromptConfig, build_method, template_for
 
 NAMES = ["dog", "golden retriever", "annual crop land"]
@@ -29,11 +30,8 @@ def test_coop_prompt_equals_placeholder_reference(backbone, gen):
     emb = backbone.token_embeddings(tok.ids).clone()
     assert (tok.ids[:, 1:5] == tok.ids[0, 1]).all()  # "X" is one token here
     emb[:, 1:5] = ctx
-    backbone.truncate = False
-    try:
+    with full_length(backbone):
         ref = backbone.encode_text_embeddings(emb, tok.lengths)
-    finally:
-        backbone.truncate = True
     assert (ours - ref).abs().max() < 1e-5
 
 

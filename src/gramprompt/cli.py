@@ -4,19 +4,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .backbones import BackboneError, load_backbone
 from .backbones.registry import SPEC_FORMS
 from .data.dataset import DatasetError
 from .data.registry import SPEC_FORMS as DATASET_FORMS
-from .data.registry import dataset_names, load_dataset
+from .data.registry import load_dataset
 from .data.splits import NotEnoughShotsError
 from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
-from .eval.table import render
+from .eval.table import render, zero_shot_table
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
@@ -102,12 +102,9 @@ def cmd_table(a: argparse.Namespace) -> int:
 
 def cmd_zeroshot(a: argparse.Namespace) -> int:
     backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
-    print("| Dataset | classes | test images | chance | zero-shot top-1 | x chance |")
-    print("|---|---|---|---|---|---|")
-    for spec in a.datasets:
-        r = zero_shot_all_classes(backbone, load_dataset(spec), max_per_class=a.max_test_per_class)
-        print(f"| {r['dataset']} | {r['classes']} | {r['test_images']} | {r['chance']:.2f} | "
-              f"{r['zeroshot']:.2f} | {r['x_chance']:.2f} |", flush=True)
+    rows = [zero_shot_all_classes(backbone, load_dataset(spec), max_per_class=a.max_test_per_class)
+            for spec in tqdm(a.datasets, desc="zero-shot")]
+    print(zero_shot_table(rows))
     return 0
 
 

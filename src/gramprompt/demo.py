@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .backbones import load_backbone
 from .data.registry import load_dataset
 from .eval.protocols import FewShotConfig, base_to_new, run_config, zero_shot_all_classes
-from .eval.table import render
+from .eval.table import render, zero_shot_table
 from .runs import RunDir, is_finished
 from .tuning.config import TuneConfig
 from .tuning.features import FeatureCache
@@ -40,13 +40,6 @@ class DemoConfig:
         """The same pipeline at reduced size, for a smoke run."""
         return cls(**{"datasets": ("emoji-groups", "digits"), "seeds": (1,), "max_test_per_class": 20,
                       "tune": TuneConfig(epochs=2, batch_size=4), **overrides})
-
-
-def zero_shot_table(rows: list[dict]) -> str:
-    lines = ["| Dataset | classes | test images | chance | zero-shot top-1 | x chance |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['classes']} | {r['test_images']} | {r['chance']:.2f} | {r['zeroshot']:.2f} | "
-              f"{r['x_chance']:.2f} |" for r in rows]
-    return "\n".join(lines)
 
 
 def run_demo(cfg: DemoConfig, device=None) -> str:

@@ -148,3 +148,10 @@ def render(dirs: Iterable[str | os.PathLike]) -> str:
     if not parts:
         return "No finished runs (summary.json) found under: " + ", ".join(map(str, dirs)) + "\n"
     return "\n\n".join(parts) + "\n"
+
+
+def zero_shot_table(rows: Sequence[dict]) -> str:
+    """Rows of :func:`gramprompt.eval.protocols.zero_shot_all_classes`, with chance beside accuracy."""
+    header = ["Dataset", "classes", "test images", "chance", "zero-shot top-1", "x chance"]
+    return _markdown(header, [[r["dataset"], str(r["classes"]), str(r["test_images"]), f"{r['chance']:.2f}",
+                               f"{r['zeroshot']:.2f}", f"{r['x_chance']:.2f}"] for r in rows])
