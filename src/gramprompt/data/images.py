@@ -5,6 +5,7 @@ runs are reproducible and independent of the global RNG.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-ImageSource = str | os.PathLike | np.ndarray
+ImageSource = str | os.PathLike | np.ndarray | bytes  # path, uint8 array, or encoded file bytes
 
 # OpenAI CLIP's normalisation constants (the usual defaults for CLIP-like backbones).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -29,7 +30,7 @@ class ImageLoadError(ValueError):
 
 
 def load_image(source: ImageSource) -> Image.Image:
-    """Load ``source`` (path or uint8 array (H, W) / (H, W, 3)) as an RGB PIL image.
+    """Load ``source`` (path, encoded bytes, or uint8 array (H, W) / (H, W, 3)) as RGB.
 
     Transparent images (RGBA, LA, palette or grey with a transparency key) are composited
     onto a white background first.
@@ -39,9 +40,9 @@ def load_image(source: ImageSource) -> Image.Image:
     """
     if isinstance(source, np.ndarray):
         return _array_to_image(source)
-    path = os.fspath(source)
+    path = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as img:
             img.load()
             return _flatten_to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
@@ -199,6 +200,8 @@ class ImageTransform:
 def _describe(source: ImageSource) -> str:
     if isinstance(source, np.ndarray):
         return f"<array {source.shape}>"
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
     return os.fspath(source)
 
 

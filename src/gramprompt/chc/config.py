@@ -1,0 +1,88 @@
+"""Every knob of Cross-Modal Hierarchical Clustering, with the defaults and why.
+
+The paper uses BERTopic's pipeline (Sentence-BERT -> UMAP -> HDBSCAN) and says nothing of its
+settings, so the UMAP/HDBSCAN defaults are BERTopic's (n_neighbors 15, 5 components, min_dist 0,
+cosine metric; min_cluster_size 10, EOM selection). The number of visual domains per topic and
+the noisy-pair filter are not given either: 3 domains, filter off.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class FeatureConfig:
+    """Stage 1: caption embeddings and frozen image features, per pair-source shard."""
+
+    text_model: str = "default"  # "default" = the offline all-MiniLM-L6-v2; any sentence-transformers name/path
+    batch_size: int = 64
+    dtype: str = "float32"  # storage dtype of the arrays ("float16" halves the disk at scale)
+
+
+@dataclass
+class FilterConfig:
+    """Stage 2: drop pairs whose backbone image-text cosine similarity is low (noisy pairs).
+
+    ``threshold`` drops sim < threshold; ``quantile`` drops the lowest fraction. Both None = off.
+    """
+
+    threshold: float | None = None
+    quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantile is not None and not 0.0 <= self.quantile < 1.0:
+            raise ValueError(f"filter quantile must be in [0, 1), got {self.quantile}")
+
+
+@dataclass
+class TopicConfig:
+    """Stage 3: semantic topics from caption embeddings (UMAP -> HDBSCAN -> Eq. 3 topic words)."""
+
+    umap_neighbors: int = 15
+    umap_components: int = 5
+    umap_min_dist: float = 0.0
+    umap_metric: str = "cosine"
+    min_cluster_size: int = 10
+    min_samples: int | None = None  # None: hdbscan's default (= min_cluster_size)
+    cluster_selection_method: str = "eom"
+    clusterer: str = "hdbscan"  # "hdbscan" (the package) or "sklearn" (sklearn.cluster.HDBSCAN)
+    noise: str = "drop"  # "drop": noise pairs are not kept; "reassign": to the nearest topic centroid
+    duplicates: str = "merge"  # clusters with the same top word: "merge" or "disambiguate"
+    fit_size: int = 100_000  # fit UMAP + HDBSCAN on at most this many pairs, assign the rest
+    assign_chunk: int = 20_000  # rows per assignment chunk (bounds the memory of the scale path)
+    assign: str = "predict"  # "predict" (umap.transform + approximate_predict) or "centroid"
+    top_words: int = 10
+    extra_stop_words: tuple[str, ...] = ()
+
+
+@dataclass
+class DomainConfig:
+    """Stage 4: visual domains, k-means on image features inside each topic."""
+
+    domains: int = 3  # U, domains per topic
+    min_domain_size: int = 5  # a topic gets at most size // min_domain_size domains (>= 1)
+    batch_size: int = 1024  # MiniBatchKMeans batch
+    n_init: int = 3
+
+
+@dataclass
+class CHCConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
+    domains: DomainConfig = field(default_factory=DomainConfig)
+    seed: int = 0
+    shard_size: int = 1000  # pairs per shard for listed sources (a WebDataset tar is one shard)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CHCConfig:
+        topics = dict(d.get("topics", {}))
+        if "extra_stop_words" in topics:
+            topics["extra_stop_words"] = tuple(topics["extra_stop_words"])
+        return cls(FeatureConfig(**d.get("features", {})), FilterConfig(**d.get("filter", {})),
+                   TopicConfig(**topics), DomainConfig(**d.get("domains", {})),
+                   seed=d.get("seed", 0), shard_size=d.get("shard_size", 1000))

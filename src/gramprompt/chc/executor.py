@@ -1,0 +1,87 @@
+"""Where per-shard and per-topic work runs: this process, local processes, or a Ray cluster.
+
+An executor only maps a picklable top-level function over picklable items and returns the
+results in order; the work itself is the same function everywhere, so the three give the same
+result. Scheduler jobs (SLURM arrays) split the shards with ``--shard-index/--num-shards``
+instead and each run any executor over their own part.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+
+class Executor(Protocol):
+    name: str
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], desc: str | None = None) -> list[Any]: ...
+
+
+class SerialExecutor:
+    """Everything in this process, in order (tests, debugging, one-core machines)."""
+
+    name = "serial"
+
+    def map(self, fn, items, desc=None):
+        items = list(items)
+        return [fn(x) for x in tqdm(items, desc=desc, disable=desc is None)]
+
+
+class ProcessExecutor:
+    """A pool of ``workers`` local processes (spawned: safe with torch and numba threads)."""
+
+    name = "process"
+
+    def __init__(self, workers: int = 2):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def map(self, fn, items, desc=None):
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            return SerialExecutor().map(fn, items, desc)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+            futures = [pool.submit(fn, x) for x in items]
+            return [f.result() for f in tqdm(futures, desc=desc, disable=desc is None)]
+
+
+class RayExecutor:
+    """Ray tasks, on the cluster at ``address`` (None: start or join a local one).
+
+    Install with ``pip install 'gramprompt[ray]'``. ``num_cpus``/``num_gpus`` are per task (give
+    feature extraction a GPU per task on a GPU cluster).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+                 init_kwargs: dict[str, Any] | None = None):
+        try:
+            import ray
+        except ImportError as err:
+            raise ModuleNotFoundError("the Ray executor needs ray: pip install 'gramprompt[ray]'") from err
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+
+    def map(self, fn, items, desc=None):
+        remote = self._ray.remote(fn).options(**self.options)
+        refs = [remote.remote(x) for x in items]
+        return [self._ray.get(r) for r in tqdm(refs, desc=desc, disable=desc is None)]
+
+
+def make_executor(name: str = "serial", workers: int = 2, address: str | None = None) -> Executor:
+    if name == "serial":
+        return SerialExecutor()
+    if name == "process":
+        return ProcessExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address)
+    raise ValueError(f"unknown executor {name!r}: use serial, process or ray")

@@ -1,0 +1,144 @@
+"""Row-aligned sharded feature arrays + parquet metadata, the on-disk hand-off between CHC stages.
+
+Layout (DESIGN section 5), one file of each kind per pair-source shard ``i``::
+
+    img_emb/img_emb_{i:05d}.npy       (n_i, D) frozen image features, L2-normalized
+    text_emb/text_emb_{i:05d}.npy     (n_i, d) caption (Sentence-BERT) embeddings, L2-normalized
+    metadata/metadata_{i:05d}.parquet key, caption, source, sim, meta (JSON); the shard's skip
+                                      counts in the file's key-value metadata
+
+Row r of every file of shard i is the same pair. The parquet file is written last and atomically,
+so a shard is complete exactly when its metadata file exists: that is what makes extraction
+resumable shard by shard, from any process or machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COLUMNS = ("key", "caption", "source", "sim", "meta")
+_SHARD = re.compile(r"metadata_(\d+)\.parquet$")
+
+
+class StoreError(ValueError):
+    """A feature store is missing, incomplete or inconsistent."""
+
+
+def shard_paths(root: Path, index: int) -> dict[str, Path]:
+    return {"img": root / "img_emb" / f"img_emb_{index:05d}.npy",
+            "text": root / "text_emb" / f"text_emb_{index:05d}.npy",
+            "meta": root / "metadata" / f"metadata_{index:05d}.parquet"}
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def write_shard(root: str | os.PathLike, index: int, image: np.ndarray, text: np.ndarray,
+                rows: dict[str, Sequence], counts: dict[str, int]) -> None:
+    """Write one complete shard: arrays first, the metadata file (the completion mark) last."""
+    root = Path(root)
+    n = len(rows["key"])
+    if image.shape[0] != n or text.shape[0] != n or any(len(rows[c]) != n for c in COLUMNS):
+        raise StoreError(f"shard {index}: rows are not aligned ({image.shape[0]}, {text.shape[0]}, {n})")
+    paths = shard_paths(root, index)
+    _atomic_save_npy(paths["img"], image)
+    _atomic_save_npy(paths["text"], text)
+    table = pa.table({"key": pa.array(rows["key"], pa.string()),
+                      "caption": pa.array(rows["caption"], pa.string()),
+                      "source": pa.array(rows["source"], pa.string()),
+                      "sim": pa.array(rows["sim"], pa.float32()),
+                      "meta": pa.array(rows["meta"], pa.string())})
+    table = table.replace_schema_metadata({"counts": json.dumps(counts, sort_keys=True)})
+    paths["meta"].parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths["meta"].with_name(paths["meta"].name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, paths["meta"])
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    index: int
+    rows: int
+    offset: int  # global row index of this shard's first row
+
+
+class FeatureStore:
+    """Read access to a complete store; global row ids run over shards in index order."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        indices = sorted(int(m.group(1)) for p in (self.root / "metadata").glob("metadata_*.parquet")
+                         if (m := _SHARD.search(p.name)))
+        if not indices:
+            raise StoreError(f"no feature shards in {self.root} (run the features stage first)")
+        shards, offset = [], 0
+        for i in indices:
+            rows = pq.ParquetFile(shard_paths(self.root, i)["meta"]).metadata.num_rows
+            shards.append(ShardInfo(i, rows, offset))
+            offset += rows
+        self.shards: list[ShardInfo] = shards
+        self.num_rows = offset
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def array(self, kind: str, index: int) -> np.ndarray:
+        """``kind`` is "img" or "text"; memory-mapped, so only the rows touched are read."""
+        arr = np.load(shard_paths(self.root, index)[kind], mmap_mode="r")
+        info = next(s for s in self.shards if s.index == index)
+        if arr.shape[0] != info.rows:
+            raise StoreError(f"shard {index}: {kind} has {arr.shape[0]} rows, metadata {info.rows}")
+        return arr
+
+    def dim(self, kind: str) -> int:
+        return int(self.array(kind, self.shards[0].index).shape[1])
+
+    def metadata(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
+        return pq.read_table(shard_paths(self.root, index)["meta"], columns=list(columns) if columns else None)
+
+    def column(self, name: str) -> list:
+        """One metadata column over all shards (keys, captions: small next to the arrays)."""
+        return [v for s in self.shards for v in self.metadata(s.index, [name]).column(name).to_pylist()]
+
+    def counts(self) -> dict[str, int]:
+        """Skip counts summed over shards."""
+        total: Counter[str] = Counter()
+        for s in self.shards:
+            meta = pq.read_schema(shard_paths(self.root, s.index)["meta"]).metadata or {}
+            total.update(json.loads(meta.get(b"counts", b"{}")))
+        return dict(sorted(total.items()))
+
+    def chunks(self, kind: str, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(global offset, rows) blocks of ``kind`` in row order, at most ``chunk_rows`` each."""
+        for s in self.shards:
+            arr = self.array(kind, s.index)
+            for start in range(0, s.rows, chunk_rows):
+                yield s.offset + start, np.asarray(arr[start:start + chunk_rows], dtype=np.float32)
+
+    def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """The given global rows of ``kind`` (float32), in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim(kind)), dtype=np.float32)
+        starts = np.array([s.offset for s in self.shards])
+        shard_of = np.searchsorted(starts, rows, side="right") - 1
+        for j in np.unique(shard_of):
+            s = self.shards[j]
+            where = np.flatnonzero(shard_of == j)
+            local = rows[where] - s.offset
+            order = np.argsort(local)
+            out[where[order]] = self.array(kind, s.index)[local[order]]
+        return out
