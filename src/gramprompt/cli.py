@@ -136,6 +136,37 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _chc_config(a: argparse.Namespace):
+    from .chc.config import CHCConfig, DomainConfig, FeatureConfig, FilterConfig, TopicConfig
+
+    return CHCConfig(
+        FeatureConfig(a.text_model, a.batch_size, a.feature_dtype),
+        FilterConfig(a.filter_threshold, a.filter_quantile),
+        TopicConfig(umap_neighbors=a.umap_neighbors, umap_components=a.umap_components,
+                    min_cluster_size=a.min_cluster_size, min_samples=a.min_samples, clusterer=a.clusterer,
+                    noise=a.noise, duplicates=a.duplicates, fit_size=a.fit_size, assign=a.assign,
+                    extra_stop_words=tuple(a.stop_words)),
+        DomainConfig(domains=a.domains, min_domain_size=a.min_domain_size),
+        seed=a.seed, shard_size=a.shard_size)
+
+
+def cmd_chc(a: argparse.Namespace) -> int:
+    from .chc.executor import make_executor
+    from .chc.pipeline import run_chc
+    from .chc.report import topic_table
+
+    executor = make_executor(a.executor, a.workers, a.ray_address)
+    h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
+                a.features, a.device, report=not a.no_report)
+    if h is None:
+        print(f"features of shards {a.shard_index}::{a.num_shards} written to {a.features or a.out / 'features'}")
+        return 0
+    print(" ".join(f"{k}={v}" for k, v in h.info["counts"].items()))
+    print(topic_table(h, limit=a.show))
+    print(f"hierarchy written to {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gram", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -180,6 +211,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(fn=cmd_make_random_clip)
+
+    from .chc.config import DomainConfig, FeatureConfig, TopicConfig
+
+    d_feat, d_topic, d_dom = FeatureConfig(), TopicConfig(), DomainConfig()
+    p = sub.add_parser("chc", help="Cross-Modal Hierarchical Clustering: image-text pairs -> topics -> visual domains")
+    p.add_argument("--pairs", required=True,
+                   help="openclipart, noto-emoji, folder:PATH (images + captions file) or wds:GLOB (tar shards)")
+    p.add_argument("--backbone", required=True, help=f"backbone spec (image features): {', '.join(SPEC_FORMS)}")
+    p.add_argument("--out", required=True, type=Path, help="hierarchy folder (rerun the same command to resume)")
+    p.add_argument("--features", type=Path, default=None, help="feature store folder (default OUT/features)")
+    p.add_argument("--device", default=None, help="torch device of the backbone (default cpu)")
+    p.add_argument("--stage", choices=["all", "features", "cluster"], default="all",
+                   help="features: only this job's shards; cluster: fit, assign, domains on a complete store")
+    p.add_argument("--shard-index", type=int, default=0, help="this job's index (with --num-shards, e.g. a SLURM array)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of jobs sharing the feature extraction")
+    p.add_argument("--executor", choices=["serial", "process", "ray"], default="serial",
+                   help="where per-shard and per-topic work runs (ray: pip install 'gramprompt[ray]')")
+    p.add_argument("--workers", type=int, default=2, help="processes of the process executor")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--text-model", default=d_feat.text_model,
+                   help="sentence-transformers model name or path for captions (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--batch-size", type=int, default=d_feat.batch_size)
+    p.add_argument("--feature-dtype", choices=["float32", "float16"], default=d_feat.dtype)
+    p.add_argument("--shard-size", type=int, default=1000, help="pairs per shard of listed sources")
+    p.add_argument("--filter-threshold", type=float, default=None, help="drop pairs with image-text cosine below this")
+    p.add_argument("--filter-quantile", type=float, default=None, help="drop this lowest fraction of pairs by cosine")
+    p.add_argument("--umap-neighbors", type=int, default=d_topic.umap_neighbors)
+    p.add_argument("--umap-components", type=int, default=d_topic.umap_components)
+    p.add_argument("--min-cluster-size", type=int, default=d_topic.min_cluster_size)
+    p.add_argument("--min-samples", type=int, default=d_topic.min_samples)
+    p.add_argument("--clusterer", choices=["hdbscan", "sklearn"], default=d_topic.clusterer)
+    p.add_argument("--noise", choices=["drop", "reassign"], default=d_topic.noise,
+                   help="HDBSCAN noise pairs: leave out, or give to the nearest topic")
+    p.add_argument("--duplicates", choices=["merge", "disambiguate"], default=d_topic.duplicates,
+                   help="topics with the same top word: merge them, or name them apart")
+    p.add_argument("--fit-size", type=int, default=d_topic.fit_size, help="fit UMAP + HDBSCAN on this many pairs")
+    p.add_argument("--assign", choices=["predict", "centroid"], default=d_topic.assign,
+                   help="pairs outside the fit: hdbscan.approximate_predict or nearest topic centroid")
+    p.add_argument("--stop-words", nargs="*", default=[], help="extra words never to use as topic words")
+    p.add_argument("--domains", type=int, default=d_dom.domains, help="visual domains per topic (U)")
+    p.add_argument("--min-domain-size", type=int, default=d_dom.min_domain_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=20, help="topics to print")
+    p.add_argument("--no-report", action="store_true", help="skip the PNG report")
+    p.set_defaults(fn=cmd_chc)
 
     p = sub.add_parser("demo", help="offline demo: zero-shot and base-to-new prompt tuning on the offline datasets")
     p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")

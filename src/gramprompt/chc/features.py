@@ -53,7 +53,8 @@ def text_dim(model) -> int:
 
 
 @torch.inference_mode()
-def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def backbone_features(backbone: Backbone, pixels: torch.Tensor,
+                      captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,)."""
     pixels = pixels.to(backbone.device, backbone.dtype)
     img = torch.nn.functional.normalize(backbone.encode_image(pixels).float(), dim=-1)
@@ -137,10 +138,10 @@ def extract(extractor: FeatureExtractor, source: PairSource, out: str | os.PathL
 
 
 @lru_cache(maxsize=2)
-def _worker_extractor(backbone_spec: str, text_model: str, config_json: str) -> FeatureExtractor:
+def _worker_extractor(backbone_spec: str, device: str | None, text_model: str, config_json: str) -> FeatureExtractor:
     from gramprompt.backbones import load_backbone
 
-    backbone = load_backbone(backbone_spec)
+    backbone = load_backbone(backbone_spec, device=device)
     return FeatureExtractor(backbone, load_text_model(text_model, backbone.device),
                             FeatureConfig(**json.loads(config_json)))
 
@@ -152,10 +153,12 @@ def _worker_source(spec: str, shard_size: int) -> PairSource:
     return open_pair_source(spec, shard_size)
 
 
-def extract_shard_job(job: tuple[str, int, int, str, str, str, str]) -> dict[str, int]:
-    """One shard from specs only: (pairs spec, shard size, shard, out dir, backbone spec,
-    text model, FeatureConfig as JSON). Picklable, for process pools and Ray."""
-    pairs_spec, shard_size, index, out, backbone_spec, text_model, config_json = job
-    torch.set_num_threads(1)  # one shard per core; the executor decides the parallelism
-    extractor = _worker_extractor(backbone_spec, text_model, config_json)
+def extract_shard_job(job: tuple[str, int, int, str, str, str | None, str]) -> dict[str, int]:
+    """One shard from specs only: (pairs spec, shard size, shard, out dir, backbone spec, device,
+    FeatureConfig as JSON). Picklable, for process pools and Ray."""
+    pairs_spec, shard_size, index, out, backbone_spec, device, config_json = job
+    if device is None or device == "cpu":
+        torch.set_num_threads(1)  # one shard per core; the executor decides the parallelism
+    text_model = json.loads(config_json)["text_model"]
+    extractor = _worker_extractor(backbone_spec, device, text_model, config_json)
     return extractor.run_shard(_worker_source(pairs_spec, shard_size), index, out)

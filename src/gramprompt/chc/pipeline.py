@@ -186,6 +186,58 @@ def cluster_stage(store: FeatureStore, cfg: CHCConfig, out: Path, executor: Exec
                      topic, domain, topics, info)
 
 
+def features_stage(pairs: str, backbone_spec: str, features: Path, cfg: CHCConfig, executor: Executor,
+                   shard_index: int = 0, num_shards: int = 1, device: str | None = None, backbone=None) -> None:
+    """Extract this job's shards of ``pairs`` into the store ``features`` (finished ones skipped).
+
+    In this process when the executor is serial (reusing ``backbone`` if given), else one job
+    per shard, each worker loading the models once."""
+    from gramprompt.chc.features import FeatureExtractor, extract, extract_shard_job, load_text_model, my_shards
+    from gramprompt.data.pairs import open_pair_source
+
+    source = open_pair_source(pairs, cfg.shard_size)
+    shards = my_shards(source.num_shards(), shard_index, num_shards)
+    if isinstance(executor, SerialExecutor):
+        if backbone is None:
+            from gramprompt.backbones import load_backbone
+
+            backbone = load_backbone(backbone_spec, device=device)
+        extractor = FeatureExtractor(backbone, load_text_model(cfg.features.text_model, backbone.device), cfg.features)
+        extract(extractor, source, features, shards)
+        return
+    done = {s.index for s in FeatureStore(features).shards} if (features / "metadata").is_dir() else set()
+    jobs = [(pairs, cfg.shard_size, i, str(features), backbone_spec, device, json.dumps(asdict(cfg.features)))
+            for i in shards if i not in done]
+    executor.map(extract_shard_job, jobs, desc=f"features {pairs}" if jobs else None)
+
+
+def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConfig | None = None,
+            executor: Executor | None = None, stage: str = "all", shard_index: int = 0, num_shards: int = 1,
+            features: str | os.PathLike | None = None, device: str | None = None, backbone=None,
+            report: bool = True) -> Hierarchy | None:
+    """``gram chc``: stage ``features`` (this job's shards only), ``cluster`` (fit, assign, domains,
+    report on a complete store) or ``all``. Returns the hierarchy when it was built."""
+    cfg = cfg or CHCConfig()
+    executor = executor or SerialExecutor()
+    out = Path(out)
+    features = Path(features) if features is not None else out / "features"
+    if stage not in ("all", "features", "cluster"):
+        raise ValueError(f"unknown stage {stage!r}: use all, features or cluster")
+    if stage == "all" and num_shards > 1:
+        raise ValueError("with --num-shards, run --stage features in each job, then one --stage cluster")
+    if stage in ("all", "features"):
+        features_stage(pairs, backbone_spec, features, cfg, executor, shard_index, num_shards, device, backbone)
+        if stage == "features":
+            return None
+    store = FeatureStore(features)
+    hierarchy = build_hierarchy(store, cfg, out, executor, {"pairs": pairs, "backbone": backbone_spec})
+    if report:
+        from gramprompt.chc.report import write_report
+
+        write_report(hierarchy, out)
+    return hierarchy
+
+
 def build_hierarchy(store: FeatureStore, cfg: CHCConfig, out: str | os.PathLike,
                     executor: Executor | None = None, info: dict | None = None,
                     reducer=None, clusterer=None) -> Hierarchy:

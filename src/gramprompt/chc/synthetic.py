@@ -46,8 +46,9 @@ def write_mixture(root: str | os.PathLike, n: int, topics: int = 8, domains: int
         fill = rng.integers(0, len(FILLER), (m, 3))
         captions = [f"{FILLER[a]} {words[k]} {FILLER[b]} {FILLER[c]}" for k, (a, b, c) in zip(t, fill)]
         keys = [f"{start + j:09d}" for j in range(m)]
+        sims = rng.uniform(0.0, 1.0, m)  # stands in for image-text similarity (noisy-pair filter)
         write_shard(root, index, image.astype(np.float32), text.astype(np.float32),
-                    {"key": keys, "caption": captions, "source": keys, "sim": np.ones(m).tolist(),
+                    {"key": keys, "caption": captions, "source": keys, "sim": sims.tolist(),
                      "meta": ["{}"] * m}, {"pairs": m})
     return Mixture(topic, domain, words)
 

@@ -1,0 +1,95 @@
+"""A look at a hierarchy: topic-size histogram, an image grid of topics x domains, a Markdown table."""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gramprompt.chc.hierarchy import Hierarchy
+from gramprompt.data.images import ImageLoadError, load_image
+
+
+def open_source(source: str) -> Image.Image:
+    """A pair's image from its ``source``: a file path, or ``ARCHIVE.tar#MEMBER``."""
+    archive, sep, member = source.partition("#")
+    if sep and archive.endswith(".tar") and os.path.isfile(archive):
+        with tarfile.open(archive) as tar:
+            f = tar.extractfile(member)
+            if f is None:
+                raise ImageLoadError(f"{member!r} is not a file in {archive}")
+            return load_image(f.read())
+    return load_image(source)
+
+
+def sizes_histogram(h: Hierarchy, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = np.array([t.size for t in h.topics])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(sizes, bins=np.unique(np.geomspace(max(1, sizes.min()), sizes.max() + 1, 30).astype(int)))
+    ax.set_xscale("log")
+    ax.set_xlabel("pairs per topic")
+    ax.set_ylabel("topics")
+    ax.set_title(f"{len(sizes)} topics, {int(sizes.sum())} pairs kept")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def image_grid(h: Hierarchy, path: Path, topics: int = 6, domains: int = 3, per_domain: int = 3,
+               seed: int = 0, thumb: int = 72) -> None:
+    """Rows = the largest ``topics`` topics, columns = ``per_domain`` images of each of the first
+    ``domains`` domains; a light rule separates domains. Unreadable images stay blank."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    chosen = sorted(h.topics, key=lambda t: -t.size)[:topics]
+    label_w, gap = 130, 6
+    width = label_w + domains * (per_domain * thumb + gap)
+    grid = Image.new("RGB", (width, len(chosen) * (thumb + 4) + 4), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, t in enumerate(chosen):
+        y = 4 + r * (thumb + 4)
+        draw.text((4, y + thumb // 2 - 6), f"{t.word} ({t.size})", fill="black")
+        for d in range(min(domains, len(t.domains))):
+            rows = np.flatnonzero((h.topic == t.id) & (h.domain == d))
+            pick = rng.choice(rows, min(per_domain, len(rows)), replace=False)
+            x0 = label_w + d * (per_domain * thumb + gap)
+            draw.line([(x0 - gap // 2, y), (x0 - gap // 2, y + thumb)], fill=(200, 200, 200))
+            for j, row in enumerate(sorted(pick)):
+                try:
+                    img = open_source(h.sources[row])
+                except ImageLoadError:
+                    continue
+                img.thumbnail((thumb, thumb))
+                grid.paste(img, (x0 + j * thumb + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+    grid.save(path)
+
+
+def topic_table(h: Hierarchy, limit: int | None = None, words: int = 5) -> str:
+    lines = ["| id | topic word | size | domains | top words (Eq. 3 score) |", "|---|---|---|---|---|"]
+    for t in sorted(h.topics, key=lambda t: -t.size)[:limit]:
+        top = ", ".join(f"{w} ({s:.3f})" for w, s in t.top_words[:words])
+        lines.append(f"| {t.id} | {t.word} | {t.size} | {'/'.join(map(str, t.domains))} | {top} |")
+    return "\n".join(lines)
+
+
+def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6) -> Path:
+    """``out/report/``: sizes.png, grid.png and report.md (counts and the topic table)."""
+    folder = Path(out) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes_histogram(h, folder / "sizes.png")
+    image_grid(h, folder / "grid.png", topics=grid_topics, seed=int(h.info.get("config", {}).get("seed", 0)))
+    counts = h.info.get("counts", {})
+    lines = ["# CHC hierarchy", "", f"Pairs: `{h.info.get('pairs', '?')}`, backbone: `{h.info.get('backbone', '?')}`.",
+             "", "| " + " | ".join(counts) + " |", "|" + "---|" * len(counts),
+             "| " + " | ".join(str(v) for v in counts.values()) + " |", "",
+             "![topic sizes](sizes.png)", "", "![topics x domains](grid.png)", "", topic_table(h), ""]
+    (folder / "report.md").write_text("\n".join(lines))
+    return folder

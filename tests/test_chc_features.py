@@ -1,0 +1,119 @@
+"""Feature extraction: bad pairs counted and skipped, resumable per shard, and `gram chc` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gramprompt.chc.config import FeatureConfig
+from gramprompt.chc.features import FeatureExtractor, embed_captions, extract, load_text_model, my_shards
+from gramprompt.chc.hierarchy import Hierarchy
+from gramprompt.chc.store import FeatureStore
+from gramprompt.cli import main
+from gramprompt.data.images import load_image
+from gramprompt.data.pairs import open_pair_source
+
+WORDS = ["red apple fruit", "green leaf plant", "blue car street", "yellow sun sky"]
+
+
+def write_folder(root, n=14, corrupt=(3,), empty=(5,)):
+    """n images with captions; some files corrupt, some captions empty."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = root / f"img{i:02d}.png"
+        if i in corrupt:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+        else:
+            Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(path)
+        rows.append({"path": path.name, "caption": "  " if i in empty else f"a {WORDS[i % 4]} number {i}"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    return load_text_model("default")
+
+
+def test_extraction_counts_bad_pairs_and_aligns_rows(backbone, text_model, tmp_path):
+    source = open_pair_source(f"folder:{write_folder(tmp_path / 'pairs')}", shard_size=5)
+    extract(FeatureExtractor(backbone, text_model, FeatureConfig(batch_size=3)), source, tmp_path / "f")
+    store = FeatureStore(tmp_path / "f")
+    counts = store.counts()
+    assert counts["corrupt_image"] == 1 and counts["empty_caption"] == 1 and counts["pairs"] == 12
+    assert len(store) == 12 and [s.rows for s in store.shards] == [4, 4, 4]
+    keys = store.column("key")
+    assert keys == [f"img{i:02d}" for i in range(14) if i not in (3, 5)]
+    img = np.concatenate([c for _, c in store.chunks("img")])
+    txt = np.concatenate([c for _, c in store.chunks("text")])
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    # independent truth: the backbone's own encoders on the same image and caption
+    first = load_image(tmp_path / "pairs" / "img00.png")
+    with torch.no_grad():
+        ref = backbone.encode_image(backbone.transform.eval(first)[None])
+    np.testing.assert_allclose(img[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(), atol=1e-5)
+    captions = store.column("caption")
+    np.testing.assert_allclose(txt, embed_captions(text_model, captions), atol=1e-5)
+    sims = np.asarray(store.column("sim"))
+    assert np.all(np.abs(sims) <= 1 + 1e-5)
+
+
+def test_interrupted_extraction_resumes_to_the_same_arrays(backbone, text_model, tmp_path):
+    source = open_pair_source(f"folder:{write_folder(tmp_path / 'pairs')}", shard_size=4)
+    extractor = FeatureExtractor(backbone, text_model)
+    extract(extractor, source, tmp_path / "whole")
+
+    def killed(index, counts):
+        if index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(extractor, source, tmp_path / "resumed", on_shard=killed)
+    assert len(FeatureStore(tmp_path / "resumed").shards) == 2  # shards 0 and 1 were complete
+    (tmp_path / "resumed" / "img_emb" / "img_emb_00002.npy.tmp").write_bytes(b"half-written")
+    done = []
+    extract(extractor, source, tmp_path / "resumed", on_shard=lambda i, c: done.append((i, bool(c))))
+    assert done == [(0, False), (1, False), (2, True), (3, True)]  # finished shards are skipped
+    a, b = FeatureStore(tmp_path / "whole"), FeatureStore(tmp_path / "resumed")
+    for kind in ("img", "text"):
+        np.testing.assert_array_equal(np.concatenate([c for _, c in a.chunks(kind)]),
+                                      np.concatenate([c for _, c in b.chunks(kind)]))
+    assert a.column("key") == b.column("key") and a.counts() == b.counts()
+
+
+def test_job_sharding_covers_every_shard_once():
+    parts = [my_shards(10, i, 3) for i in range(3)]
+    assert sorted(s for p in parts for s in p) == list(range(10))
+    with pytest.raises(ValueError):
+        my_shards(10, 3, 3)
+
+
+def test_gram_chc_cli_end_to_end(tiny_clip_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "pairs"
+    root.mkdir()
+    rows = []
+    for i in range(60):  # two caption topics, images of two colours within each
+        topic = ["sailing boat harbour", "pine forest hiking"][i % 2]
+        colour = (200, 40, 40) if i % 4 < 2 else (40, 40, 200)
+        pixels = np.clip(np.array(colour) + rng.normal(0, 10, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "caption": f"{topic} photo {i}"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "h"
+    args = ["chc", "--pairs", f"folder:{root}", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(out),
+            "--shard-size", "25", "--min-cluster-size", "8", "--umap-neighbors", "8", "--domains", "2"]
+    assert main([*args, "--stage", "features", "--shard-index", "1", "--num-shards", "2"]) == 0
+    assert [s.index for s in FeatureStore(out / "features").shards] == [1]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    h = Hierarchy.load(out)
+    # L = 2: exclusive words tie at Eq. 3 score 0 and the tie goes alphabetically; "photo" scores < 0
+    assert sorted(h.class_names()) == ["boat", "forest"], printed
+    assert (out / "report" / "grid.png").exists() and "hierarchy written" in printed
+    assert main(["chc", "--pairs", "nowhere", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(out / "x")]) == 2
