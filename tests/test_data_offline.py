@@ -28,13 +28,9 @@ from gramprompt.data.offline import (
     read_idx,
     readable,
 )
-from gramprompt.data.pairs import (
-    EMOJI_TEST,
-    NOTO_EMOJI_FONT,
-    OPENCLIPART_PNG,
-    ImageTextPair,
-    noto_emoji_pairs,
-)
+from gramprompt.data.pairs import ImageTextPair, noto_emoji_pairs
+from gramprompt.data.pairs.noto_emoji import EMOJI_TEST, NOTO_EMOJI_FONT
+from gramprompt.data.pairs.openclipart import OPENCLIPART_PNG
 from gramprompt.data.registry import dataset_names, load_dataset
 
 OFFLINE_NAMES = ["fashion-mnist", "animal-mnist", "emoji-groups", "emoji-subgroups",

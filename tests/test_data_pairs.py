@@ -12,21 +12,21 @@ from PIL import Image
 from gramprompt.data import cache_dir
 from gramprompt.data.dataset import DatasetError
 from gramprompt.data.images import load_image
-from gramprompt.data.pairs import (
+from gramprompt.data.pairs import PAIR_SOURCES, scan_noto_emoji, scan_openclipart
+from gramprompt.data.pairs.noto_emoji import (
     EMOJI_CANVAS,
     EMOJI_TEST,
     NOTO_EMOJI_FONT,
-    OPENCLIPART_PNG,
-    OPENCLIPART_SVG,
-    PAIR_SOURCES,
-    build_caption,
-    filename_words,
     load_emoji_font,
     parse_emoji_test,
-    read_svg_metadata,
     render_emoji,
-    scan_noto_emoji,
-    scan_openclipart,
+)
+from gramprompt.data.pairs.openclipart import (
+    OPENCLIPART_PNG,
+    OPENCLIPART_SVG,
+    build_caption,
+    filename_words,
+    read_svg_metadata,
     truncate_words,
 )
 

@@ -17,13 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
-from gramprompt.data.pairs import (
-    OPENCLIPART_PNG,
-    ImageTextPair,
-    noto_emoji_pairs,
-    png_index,
-    usable_pngs,
-)
+from gramprompt.data.pairs import ImageTextPair, noto_emoji_pairs
+from gramprompt.data.pairs.openclipart import OPENCLIPART_PNG, png_index, usable_pngs
 from gramprompt.data.splits import stratified_split
 
 TEST_FRACTION = 0.3
