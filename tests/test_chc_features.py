@@ -103,17 +103,51 @@ def test_gram_chc_cli_end_to_end(tiny_clip_dir, tmp_path, capsys):
         colour = (200, 40, 40) if i % 4 < 2 else (40, 40, 200)
         pixels = np.clip(np.array(colour) + rng.normal(0, 10, (16, 16, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(root / f"{i}.png")
-        rows.append({"path": f"{i}.png", "caption": f"{topic} photo {i}"})
+        rows.append({"path": f"{i}.png", "caption": f"{topic} photo {i}", "scene": topic.split()[1]})
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "h"
     args = ["chc", "--pairs", f"folder:{root}", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(out),
             "--shard-size", "25", "--min-cluster-size", "8", "--umap-neighbors", "8", "--domains", "2"]
     assert main([*args, "--stage", "features", "--shard-index", "1", "--num-shards", "2"]) == 0
     assert [s.index for s in FeatureStore(out / "features").shards] == [1]
-    assert main(args) == 0
+    assert main([*args, "--agreement", "scene"]) == 0
     printed = capsys.readouterr().out
     h = Hierarchy.load(out)
     # L = 2: exclusive words tie at Eq. 3 score 0 and the tie goes alphabetically; "photo" scores < 0
     assert sorted(h.class_names()) == ["boat", "forest"], printed
     assert (out / "report" / "grid.png").exists() and "hierarchy written" in printed
+    assert json.loads((out / "report" / "agreement.json").read_text())["ari"] == pytest.approx(1.0)
     assert main(["chc", "--pairs", "nowhere", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(out / "x")]) == 2
+
+
+def test_extraction_from_webdataset_shards(backbone, text_model, tmp_path):
+    import io
+    import tarfile
+
+    from gramprompt.chc.report import open_source
+
+    rng = np.random.default_rng(2)
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            for j in range(3):
+                key = f"{shard:05d}{j:04d}"
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buf, "JPEG")
+                members = {f"{key}.jpg": buf.getvalue(), f"{key}.txt": f"{WORDS[j]} {shard}".encode()}
+                if j == 2:
+                    members[f"{key}.jpg"] = b"garbage"  # decodes to nothing: counted, not fatal
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    source = open_pair_source(f"wds:{tmp_path}/*.tar")
+    extract(FeatureExtractor(backbone, text_model), source, tmp_path / "f")
+    store = FeatureStore(tmp_path / "f")
+    assert store.counts()["corrupt_image"] == 2 and len(store) == 4
+    assert store.column("key") == ["000000000", "000000001", "000010000", "000010001"]
+    src = store.column("source")[2]
+    assert src.endswith("00001.tar#000010000.jpg")
+    with torch.no_grad():
+        ref = backbone.encode_image(backbone.transform.eval(open_source(src))[None])
+    np.testing.assert_allclose(store.array("img", 1)[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
+                               atol=1e-5)

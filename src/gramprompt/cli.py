@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -157,12 +158,16 @@ def cmd_chc(a: argparse.Namespace) -> int:
 
     executor = make_executor(a.executor, a.workers, a.ray_address)
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
-                a.features, a.device, report=not a.no_report)
+                a.features, a.device, report=not a.no_report, agreement_field=a.agreement)
     if h is None:
         print(f"features of shards {a.shard_index}::{a.num_shards} written to {a.features or a.out / 'features'}")
         return 0
     print(" ".join(f"{k}={v}" for k, v in h.info["counts"].items()))
     print(topic_table(h, limit=a.show))
+    if a.agreement:
+        score = json.loads((a.out / "report" / "agreement.json").read_text())
+        print(f"agreement with {a.agreement}: ARI {score['ari']:.3f} NMI {score['nmi']:.3f} "
+              f"({score['pairs']} pairs, {score['classes']} classes, {score['topics']} topics)")
     print(f"hierarchy written to {a.out}")
     return 0
 
@@ -255,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=20, help="topics to print")
     p.add_argument("--no-report", action="store_true", help="skip the PNG report")
+    p.add_argument("--agreement", default=None, metavar="FIELD",
+                   help="also score topics against this metadata field (ARI/NMI), e.g. category for openclipart")
     p.set_defaults(fn=cmd_chc)
 
     p = sub.add_parser("demo", help="offline demo: zero-shot and base-to-new prompt tuning on the offline datasets")

@@ -8,6 +8,7 @@ instead and each run any executor over their own part.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
@@ -68,7 +69,11 @@ class RayExecutor:
             raise ModuleNotFoundError("the Ray executor needs ray: pip install 'gramprompt[ray]'") from err
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+            # workers must share numba's compile cache (umap, hdbscan) or each recompiles for minutes
+            env = {k: os.environ[k] for k in ("NUMBA_CACHE_DIR", "GRAMPROMPT_CACHE") if k in os.environ}
+            kwargs = {"include_dashboard": False, "log_to_driver": False,
+                      "runtime_env": {"env_vars": env}, **(init_kwargs or {})}
+            ray.init(address=address, **kwargs)
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
     def map(self, fn, items, desc=None):

@@ -214,7 +214,7 @@ def features_stage(pairs: str, backbone_spec: str, features: Path, cfg: CHCConfi
 def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConfig | None = None,
             executor: Executor | None = None, stage: str = "all", shard_index: int = 0, num_shards: int = 1,
             features: str | os.PathLike | None = None, device: str | None = None, backbone=None,
-            report: bool = True) -> Hierarchy | None:
+            report: bool = True, agreement_field: str | None = None) -> Hierarchy | None:
     """``gram chc``: stage ``features`` (this job's shards only), ``cluster`` (fit, assign, domains,
     report on a complete store) or ``all``. Returns the hierarchy when it was built."""
     cfg = cfg or CHCConfig()
@@ -234,7 +234,7 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
     if report:
         from gramprompt.chc.report import write_report
 
-        write_report(hierarchy, out)
+        write_report(hierarchy, out, field=agreement_field)
     return hierarchy
 
 

@@ -1,6 +1,7 @@
 """A look at a hierarchy: topic-size histogram, an image grid of topics x domains, a Markdown table."""
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -80,8 +81,9 @@ def topic_table(h: Hierarchy, limit: int | None = None, words: int = 5) -> str:
     return "\n".join(lines)
 
 
-def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6) -> Path:
-    """``out/report/``: sizes.png, grid.png and report.md (counts and the topic table)."""
+def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6, field: str | None = None) -> Path:
+    """``out/report/``: sizes.png, grid.png and report.md (counts, the topic table and, with
+    ``field``, the agreement of topics with that metadata field, also in agreement.json)."""
     folder = Path(out) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sizes_histogram(h, folder / "sizes.png")
@@ -91,5 +93,26 @@ def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6) -> 
              "", "| " + " | ".join(counts) + " |", "|" + "---|" * len(counts),
              "| " + " | ".join(str(v) for v in counts.values()) + " |", "",
              "![topic sizes](sizes.png)", "", "![topics x domains](grid.png)", "", topic_table(h), ""]
+    if field is not None:
+        score = agreement(h, field)
+        (folder / "agreement.json").write_text(json.dumps({"field": field, **score}, indent=1))
+        lines += [f"Agreement with `{field}` over {score['pairs']} kept pairs ({score['classes']} classes, "
+                  f"{score['topics']} topics): ARI {score['ari']:.3f}, NMI {score['nmi']:.3f}.", ""]
     (folder / "report.md").write_text("\n".join(lines))
     return folder
+
+
+def agreement(h: Hierarchy, field: str) -> dict[str, float | int]:
+    """ARI and NMI of the kept pairs' topics against a metadata field of the pairs (e.g.
+    openclipart's top-level ``category``), a label-free check that topics mean something."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    store = h.store()
+    meta = [json.loads(m).get(field) for m in store.column("meta")]
+    rows = [r for r in np.flatnonzero(h.kept) if meta[h.rows[r]] is not None]
+    if not rows:
+        raise ValueError(f"no kept pair has a {field!r} field in its metadata")
+    truth = [meta[h.rows[r]] for r in rows]
+    pred = h.topic[rows]
+    return {"pairs": len(rows), "classes": len(set(truth)), "topics": int(len(set(pred.tolist()))),
+            "ari": float(adjusted_rand_score(truth, pred)), "nmi": float(normalized_mutual_info_score(truth, pred))}
