@@ -1,15 +1,10 @@
 """Shared fixtures: a random-weight tiny CLIP saved to and loaded from a local HF directory."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
-
-# numba (umap-learn, hdbscan) compiles on first use in every fresh process unless its cache persists
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "gramprompt" / "numba"))
 
 from gramprompt.backbones import load_backbone
 from gramprompt.backbones.random_clip import build_random_clip

@@ -154,3 +154,16 @@ def test_report_files(mixture, hierarchy):
     text = (folder / "report.md").read_text()
     assert all(w in text for w in hierarchy.class_names())
     assert json.loads((root / "h" / "config.json").read_text())["config"]["topics"]["fit_size"] == 600
+
+
+def test_any_reducer_and_clusterer_plug_in(mixture, tmp_path):
+    """e.g. cuML on a GPU: here PCA (fit/transform) and KMeans (fit_predict); pairs outside the
+    fitted subsample then go to the nearest topic centroid."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    root, truth = mixture
+    h = build_hierarchy(FeatureStore(root / "features"), small_config(), tmp_path / "h",
+                        reducer=PCA(8, random_state=0), clusterer=KMeans(TOPICS, n_init=4, random_state=0))
+    assert h.kept.all() and len(h.topics) == TOPICS
+    assert adjusted_rand_score(truth.topic, h.topic) >= 0.9
