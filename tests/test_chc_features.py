@@ -110,6 +110,9 @@ def test_gram_chc_cli_end_to_end(tiny_clip_dir, tmp_path, capsys):
             "--shard-size", "25", "--min-cluster-size", "8", "--umap-neighbors", "8", "--domains", "2"]
     assert main([*args, "--stage", "features", "--shard-index", "1", "--num-shards", "2"]) == 0
     assert [s.index for s in FeatureStore(out / "features").shards] == [1]
+    assert main([*args, "--stage", "features", "--shard-index", "0", "--num-shards", "2"]) == 0
+    assert main([*args, "--stage", "assign", "--shard-index", "1", "--num-shards", "2"]) == 0
+    assert sorted(p.name for p in (out / "topics").glob("labels_*.npy")) == ["labels_00001.npy"]
     assert main([*args, "--agreement", "scene"]) == 0
     printed = capsys.readouterr().out
     h = Hierarchy.load(out)

@@ -160,7 +160,7 @@ def cmd_chc(a: argparse.Namespace) -> int:
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
                 a.features, a.device, report=not a.no_report, agreement_field=a.agreement)
     if h is None:
-        print(f"features of shards {a.shard_index}::{a.num_shards} written to {a.features or a.out / 'features'}")
+        print(f"stage {a.stage} done (job {a.shard_index} of {a.num_shards}) in {a.out}")
         return 0
     print(" ".join(f"{k}={v}" for k, v in h.info["counts"].items()))
     print(topic_table(h, limit=a.show))
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_make_random_clip)
 
     from .chc.config import DomainConfig, FeatureConfig, TopicConfig
+    from .chc.pipeline import STAGES
 
     d_feat, d_topic, d_dom = FeatureConfig(), TopicConfig(), DomainConfig()
     p = sub.add_parser("chc", help="Cross-Modal Hierarchical Clustering: image-text pairs -> topics -> visual domains")
@@ -227,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="hierarchy folder (rerun the same command to resume)")
     p.add_argument("--features", type=Path, default=None, help="feature store folder (default OUT/features)")
     p.add_argument("--device", default=None, help="torch device of the backbone (default cpu)")
-    p.add_argument("--stage", choices=["all", "features", "cluster"], default="all",
-                   help="features: only this job's shards; cluster: fit, assign, domains on a complete store")
+    p.add_argument("--stage", choices=list(STAGES), default="all",
+                   help="features / assign: this job's shards only; fit: the topic model; "
+                        "cluster: whatever is left, then topic words, domains, report")
     p.add_argument("--shard-index", type=int, default=0, help="this job's index (with --num-shards, e.g. a SLURM array)")
-    p.add_argument("--num-shards", type=int, default=1, help="number of jobs sharing the feature extraction")
+    p.add_argument("--num-shards", type=int, default=1, help="number of jobs sharing the features and assign stages")
     p.add_argument("--executor", choices=["serial", "process", "ray"], default="serial",
                    help="where per-shard and per-topic work runs (ray: pip install 'gramprompt[ray]')")
     p.add_argument("--workers", type=int, default=2, help="processes of the process executor")

@@ -2,7 +2,8 @@
 
     features  pair shards -> feature store (per shard; executor; --shard-index/--num-shards)
     fit       noisy-pair filter, subsample, UMAP + HDBSCAN         -> topics/model.pkl
-    assign    every shard's pairs -> raw topic labels (per shard)   -> topics/labels_{i}.npy
+    assign    every shard's pairs -> raw topic labels (per shard; executor; --shard-index/--num-shards)
+                                                                    -> topics/labels_{i}.npy
     cluster   Eq. 3 topic words (duplicates merged), k-means domains per topic (executor)
               -> hierarchy.parquet, topics.json, config.json, report/
 
@@ -32,6 +33,7 @@ from gramprompt.chc.topics import TopicModel, assign, fit_topics, nearest_centro
 logger = logging.getLogger(__name__)
 
 FILTERED, NOISE = -2, -1  # raw label codes besides clusters 0..L-1
+STAGES = ("all", "features", "fit", "assign", "cluster")
 
 
 def sim_threshold(sims: np.ndarray, cfg: FilterConfig) -> float | None:
@@ -215,20 +217,31 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
             executor: Executor | None = None, stage: str = "all", shard_index: int = 0, num_shards: int = 1,
             features: str | os.PathLike | None = None, device: str | None = None, backbone=None,
             report: bool = True, agreement_field: str | None = None) -> Hierarchy | None:
-    """``gram chc``: stage ``features`` (this job's shards only), ``cluster`` (fit, assign, domains,
-    report on a complete store) or ``all``. Returns the hierarchy when it was built."""
+    """``gram chc`` stages: ``features`` and ``assign`` do this job's shards only (``shard_index``
+    of ``num_shards``, e.g. a SLURM array), ``fit`` fits the topic model once, ``cluster`` finishes
+    what is left (fit, assign, words, domains, report) on a complete store; ``all`` runs them all.
+    Returns the hierarchy when it was built."""
     cfg = cfg or CHCConfig()
     executor = executor or SerialExecutor()
     out = Path(out)
     features = Path(features) if features is not None else out / "features"
-    if stage not in ("all", "features", "cluster"):
-        raise ValueError(f"unknown stage {stage!r}: use all, features or cluster")
-    if stage == "all" and num_shards > 1:
-        raise ValueError("with --num-shards, run --stage features in each job, then one --stage cluster")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: use {', '.join(STAGES)}")
+    if stage in ("all", "cluster", "fit") and num_shards > 1:
+        raise ValueError(f"--num-shards splits the features and assign stages only, not {stage!r}")
     if stage in ("all", "features"):
         features_stage(pairs, backbone_spec, features, cfg, executor, shard_index, num_shards, device, backbone)
         if stage == "features":
             return None
+    if stage in ("fit", "assign"):
+        store = FeatureStore(features)
+        fit_stage(store, cfg, out)
+        if stage == "assign":
+            from gramprompt.chc.features import my_shards
+
+            mine = my_shards(len(store.shards), shard_index, num_shards)
+            assign_stage(store, cfg, out, executor, [store.shards[i].index for i in mine])
+        return None
     store = FeatureStore(features)
     hierarchy = build_hierarchy(store, cfg, out, executor, {"pairs": pairs, "backbone": backbone_spec})
     if report:
