@@ -42,4 +42,4 @@ def topic_domains_job(job: tuple[str, np.ndarray, dict, int]) -> np.ndarray:
     from gramprompt.chc.store import FeatureStore
 
     root, rows, cfg, seed = job
-    return cluster_domains(FeatureStore(root).gather("img", rows), DomainConfig(**cfg), seed)
+    return cluster_domains(FeatureStore.open(root).gather("img", rows), DomainConfig(**cfg), seed)

@@ -117,7 +117,7 @@ def assign_shard_job(job: tuple[str, str, int, str, str]) -> int:
     path = _labels_path(out, index)
     if path.exists():
         return index
-    store = FeatureStore(root)
+    store = FeatureStore.open(root)
     model = _load_model(str(out / "topics" / "model.pkl"))
     labels = assign_shard(store, model, index, CHCConfig.from_dict(json.loads(cfg_json)), json.loads(threshold_json))
     np.save(path.with_suffix(".tmp.npy"), labels.astype(np.int32))
@@ -171,7 +171,9 @@ def cluster_stage(store: FeatureStore, cfg: CHCConfig, out: Path, executor: Exec
     for old, new in remap.items():
         lut[old] = new
     topic = np.where(raw >= 0, lut[np.clip(raw, 0, None)], -1)
-    rows_of = [np.flatnonzero(topic == t) for t in range(len(names))]
+    order = np.argsort(topic, kind="stable")  # rows grouped by topic, in row order within each
+    bounds = np.searchsorted(topic[order], np.arange(len(names) + 1))
+    rows_of = [order[bounds[t]:bounds[t + 1]] for t in range(len(names))]
     jobs = [(str(store.root), rows, asdict(cfg.domains), cfg.seed + t) for t, rows in enumerate(rows_of)]
     domain = np.full(len(topic), -1, np.int64)
     for rows, dom in zip(rows_of, executor.map(topic_domains_job, jobs, desc="domains"), strict=True):

@@ -77,7 +77,22 @@ class ShardInfo:
 
 
 class FeatureStore:
-    """Read access to a complete store; global row ids run over shards in index order."""
+    """Read access to a complete store; global row ids run over shards in index order.
+
+    ``FeatureStore.open(root)`` reuses one instance per process while the shard files stay the
+    same (workers run many jobs on one store and would otherwise re-read every shard's parquet
+    footer per job)."""
+
+    _open: dict[tuple, FeatureStore] = {}
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> FeatureStore:
+        folder = Path(root).resolve() / "metadata"
+        key = (str(folder), tuple(sorted(os.listdir(folder))) if folder.is_dir() else ())
+        if key not in cls._open:
+            cls._open.clear()
+            cls._open[key] = cls(root)
+        return cls._open[key]
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
