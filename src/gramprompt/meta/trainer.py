@@ -1,0 +1,160 @@
+"""The meta-training loop (Algorithm 1): sample task batches, meta-step, outer Adam updates of
+theta (lambda_1) and phi (lambda_2), logs, checkpoints that resume to the identical result.
+
+The paper leaves every hyperparameter here open; the defaults are ours and are recorded in the
+checkpoint metadata and README.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from gramprompt.meta.regulator import RegulatorConfig, init_regulator
+from gramprompt.meta.step import TaskData, meta_loss
+from gramprompt.meta.tasks import Task, TaskConfig, TaskSampler
+from gramprompt.prompts.base import PromptMethod
+
+logger = logging.getLogger(__name__)
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class MetaConfig:
+    iterations: int = 300
+    task_batch: int = 4  # B
+    inner_lr: float = 0.1  # alpha
+    inner_steps: int = 1  # N
+    lr_theta: float = 2e-3  # lambda_1 (Adam)
+    lr_phi: float = 2e-3  # lambda_2 (Adam)
+    second_order: bool = False
+    use_regulator: bool = True  # False: the "- gradient regulating" ablation (raw inner gradient)
+    grad_clip: float = 1.0  # on the global norm of the (theta, phi) meta-gradient; 0 = off
+    stats_every: int = 10  # before/after and alignment statistics cost an extra backward per task
+    checkpoint_every: int = 50
+    seed: int = 0
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    regulator: RegulatorConfig = field(default_factory=RegulatorConfig)
+
+
+@dataclass
+class MetaState:
+    theta: Params
+    phi: Params
+    iteration: int = 0
+    skipped: int = 0  # meta-batches with a non-finite loss or gradient
+
+
+def _task_data(task: Task, inputs) -> TaskData:
+    s, q = inputs.batch(task.support), inputs.batch(task.query)
+    dev = next(t for t in (s.features, s.stems, s.pixels) if t is not None).device
+    return TaskData(task.classnames, s, torch.as_tensor(task.support_labels, device=dev),
+                    q, torch.as_tensor(task.query_labels, device=dev))
+
+
+class MetaTrainer:
+    """Owns the loop state; ``run`` resumes from ``out/checkpoint`` when it exists."""
+
+    def __init__(self, method: PromptMethod, sampler: TaskSampler, inputs, cfg: MetaConfig, out: str | os.PathLike,
+                 log: Callable[[dict], None] | None = None):
+        self.method, self.sampler, self.inputs, self.cfg = method, sampler, inputs, cfg
+        self.out = Path(out)
+        self.log = log
+
+    def initial_state(self) -> MetaState:
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        theta = self.method.init_params(gen)
+        phi = init_regulator(theta, self.cfg.regulator, gen) if self.cfg.use_regulator else {}
+        return MetaState(theta, phi)
+
+    def run(self) -> MetaState:
+        cfg = self.cfg
+        state, opt, rng = self._resume()
+        while state.iteration < cfg.iterations:
+            tasks = [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(cfg.task_batch)]
+            with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
+            loss, stats = meta_loss(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
+                                    cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
+            params = [*state.theta.values(), *state.phi.values()]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            state.iteration += 1
+            if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads):
+                state.skipped += 1
+                logger.warning("meta-iteration %d: non-finite loss or gradient, batch skipped", state.iteration)
+            else:
+                if cfg.grad_clip > 0:
+                    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                    scale = min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
+                    grads = [g * scale for g in grads]
+                for p, g in zip(params, grads):
+                    p.grad = g.detach()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            record = {"iteration": state.iteration, "meta_loss": loss.item() / len(tasks), "skipped": state.skipped}
+            if stats is not None:
+                record.update(asdict(stats))
+            if self.log is not None:
+                self.log(record)
+            if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations:
+                self._save(state, opt, rng)
+        return state
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _optimizer(self, state: MetaState) -> torch.optim.Optimizer:
+        groups = [{"params": list(state.theta.values()), "lr": self.cfg.lr_theta}]
+        if state.phi:
+            groups.append({"params": list(state.phi.values()), "lr": self.cfg.lr_phi})
+        return torch.optim.Adam(groups)
+
+    def _resume(self) -> tuple[MetaState, torch.optim.Optimizer, np.random.Generator]:
+        ckpt = self.out / "checkpoint"
+        if not ckpt.exists() and (self.out / "checkpoint.old").exists():  # killed mid-swap
+            os.replace(self.out / "checkpoint.old", ckpt)
+        state = self.initial_state()
+        rng = np.random.default_rng(self.cfg.seed)
+        if (ckpt / "params.safetensors").exists():
+            tensors = load_file(ckpt / "params.safetensors", device=str(self.method.backbone.device))
+            # the optimizer state is positional: keep the initial order of the tensors
+            state.theta = {k: tensors[f"theta.{k}"] for k in state.theta}
+            state.phi = {k: tensors[f"phi.{k}"] for k in state.phi}
+            extra = torch.load(ckpt / "state.pt", weights_only=False)
+            state.iteration, state.skipped = extra["iteration"], extra["skipped"]
+            rng.bit_generator.state = extra["rng"]
+            logger.info("resuming meta-training at iteration %d", state.iteration)
+        for p in [*state.theta.values(), *state.phi.values()]:
+            p.requires_grad_(True)
+        opt = self._optimizer(state)
+        if (ckpt / "state.pt").exists():
+            opt.load_state_dict(torch.load(ckpt / "state.pt", weights_only=False)["optimizer"])
+        return state, opt, rng
+
+    def _save(self, state: MetaState, opt: torch.optim.Optimizer, rng: np.random.Generator) -> None:
+        ckpt = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        tensors = {f"theta.{k}": v.detach().contiguous() for k, v in state.theta.items()}
+        tensors.update({f"phi.{k}": v.detach().contiguous() for k, v in state.phi.items()})
+        save_file(tensors, tmp / "params.safetensors")
+        torch.save({"iteration": state.iteration, "skipped": state.skipped, "rng": rng.bit_generator.state,
+                    "optimizer": opt.state_dict()}, tmp / "state.pt")
+        (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        if ckpt.exists():  # swap whole folders so a kill never leaves a half-written checkpoint
+            old = self.out / "checkpoint.old"
+            os.replace(ckpt, old)
+            os.replace(tmp, ckpt)
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        else:
+            os.replace(tmp, ckpt)

@@ -1,0 +1,62 @@
+"""Meta-training loop: a killed run resumes to exactly the uninterrupted result; bad batches skipped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gramprompt.meta.inputs import FeatureInputs
+from gramprompt.meta.tasks import TaskConfig, TaskSampler
+from gramprompt.meta.trainer import MetaConfig, MetaTrainer
+from gramprompt.prompts import build_method
+
+NAMES = ["apple", "boat", "cloud", "drum", "eagle", "fern"]
+
+
+@pytest.fixture
+def data(backbone):
+    rng = np.random.default_rng(0)
+    topic, domain = np.repeat(np.arange(6), 30), np.tile(np.repeat(np.arange(3), 10), 6)
+    d = backbone.embed_dim
+    feats = rng.normal(size=(6, d))[topic] + rng.normal(size=(3, d))[domain] + 0.3 * rng.normal(size=(180, d))
+    sampler = TaskSampler(topic, domain, NAMES, TaskConfig(ways=3, support_shots=2, query_shots=4))
+    return sampler, FeatureInputs(torch.tensor(feats, dtype=torch.float32))
+
+
+def config(**kw) -> MetaConfig:
+    return MetaConfig(iterations=6, task_batch=2, checkpoint_every=3, stats_every=2, **kw)
+
+
+def test_killed_run_resumes_to_the_same_result(backbone, data, tmp_path):
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    whole = MetaTrainer(method, sampler, inputs, config(), tmp_path / "whole").run()
+
+    def kill(record):
+        if record["iteration"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MetaTrainer(method, sampler, inputs, config(), tmp_path / "resumed", log=kill).run()
+    logs = []
+    resumed = MetaTrainer(method, sampler, inputs, config(), tmp_path / "resumed", log=logs.append).run()
+    assert [r["iteration"] for r in logs] == [4, 5, 6]  # continued after the checkpoint at 3
+    for name in whole.theta:
+        assert torch.equal(whole.theta[name], resumed.theta[name])
+    for name in whole.phi:
+        assert torch.equal(whole.phi[name], resumed.phi[name])
+    assert not torch.equal(whole.theta["text_ctx"], method.init_params(torch.Generator().manual_seed(0))["text_ctx"])
+    assert {"alignment", "query_acc_after"} <= set(logs[-1])
+
+
+def test_non_finite_batches_are_skipped_and_counted(backbone, data, tmp_path):
+    sampler, inputs = data
+    inputs.features[0:30] = float("nan")  # every task with "apple" is poisoned
+    state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(), tmp_path / "nan").run()
+    assert state.skipped > 0 and all(torch.isfinite(v).all() for v in [*state.theta.values(), *state.phi.values()])
+
+
+def test_no_regulator_ablation_has_no_phi(backbone, data, tmp_path):
+    sampler, inputs = data
+    state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(use_regulator=False), tmp_path).run()
+    assert state.phi == {} and state.iteration == 6
