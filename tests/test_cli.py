@@ -120,3 +120,27 @@ def test_quick_demo_runs_and_reuses_finished_runs(tiny_clip_dir, tmp_path, capsy
     first = (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns == first
+
+
+def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tmp_path):
+    from gramprompt.meta.checkpoint import load_gram, save_gram
+    from gramprompt.meta.regulator import init_regulator
+
+    theta = build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")).init_params(torch.Generator().manual_seed(3))
+    identity = init_regulator(theta)
+    identity["text_ctx.b_gamma"].fill_(20.0)  # gamma = 1, beta = 0: R_phi is the identity
+    half = init_regulator(theta)
+    half["text_ctx.b_gamma"].fill_(float(np.arctanh(0.5)))  # gamma = 0.5: every step halved
+    info = {"method": "coop", "regulator": {"shape": "shared"}}
+    save_gram(tmp_path / "id" / "gram.safetensors", theta, identity, info)
+    save_gram(tmp_path / "half" / "gram.safetensors", theta, half, info)
+    loaded, phi, meta = load_gram(tmp_path / "half" / "gram.safetensors")
+    assert torch.equal(loaded["text_ctx"], theta["text_ctx"]) and set(phi) == set(half) and meta == info
+
+    def prompts(init, out, *extra):
+        assert _fewshot(tiny_clip_dir, tmp_path / out, "--init", str(tmp_path / init / "gram.safetensors"), *extra) == 0
+        return load_prompts(tmp_path / out)[0]["text_ctx"]
+
+    plain = prompts("half", "plain", "--no-regulator")
+    torch.testing.assert_close(prompts("id", "identity"), plain)  # identity R_phi == plain SGD
+    assert not torch.allclose(prompts("half", "half"), plain, atol=1e-6)

@@ -44,7 +44,10 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=16, help="training images per class (default 16)")
     p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample, init and shuffling")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--init", default=None, help="start from these prompts (.safetensors or run folder)")
+    p.add_argument("--init", default=None,
+                   help="start from these prompts (.safetensors or run folder), e.g. GRAM's gram.safetensors")
+    p.add_argument("--no-regulator", action="store_true",
+                   help="with a GRAM --init: plain updates instead of regulating them with its R_phi* (ablation)")
     p.add_argument("--label", default=None, help='row name in result tables (default: the method, "+init" with --init)')
     p.add_argument("--max-test-per-class", type=int, default=None, help="evaluate on a seeded test subset")
     p.add_argument("--allow-fewer-shots", action="store_true",
@@ -63,7 +66,8 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
 def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
     text_tokens = a.text_tokens
     return FewShotConfig(
-        method=a.method, label=a.label, shots=a.shots, seed=a.seed, init=a.init, allow_fewer_shots=a.allow_fewer_shots,
+        method=a.method, label=a.label, shots=a.shots, seed=a.seed, init=a.init, regulator=not a.no_regulator,
+        allow_fewer_shots=a.allow_fewer_shots,
         max_test_per_class=a.max_test_per_class,
         prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth),

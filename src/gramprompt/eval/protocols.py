@@ -28,6 +28,7 @@ class FewShotConfig:
     shots: int = 16
     seed: int = 1
     init: str | None = None  # a prompts .safetensors (e.g. GRAM's theta*) to start from
+    regulator: bool = True  # when ``init`` is a GRAM checkpoint, regulate every update with its R_phi*
     allow_fewer_shots: bool = False  # take all images of a class that has fewer than `shots`
     max_test_per_class: int | None = None  # evaluate on a seeded subset of the test split (None: all)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -55,9 +56,14 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig
     method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
     train = few_shot(dataset.train, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
                      num_classes=dataset.num_classes)
+    transform = None
+    if cfg.init is not None and cfg.regulator:
+        from ..meta.checkpoint import regulated_grad_transform
+
+        transform = regulated_grad_transform(cfg.init, backbone.device)
     params = train_prompts(method, initial_params(method, cfg), train, dataset.classnames, cfg.tune,
-                           seed=cfg.seed, cache=cache, cache_key=(dataset.name, part, cfg.shots),
-                           log=run.log if run is not None else None)
+                           seed=cfg.seed, grad_transform=transform, cache=cache,
+                           cache_key=(dataset.name, part, cfg.shots), log=run.log if run is not None else None)
     if run is not None and params:
         run.save_prompts(params, {"method": cfg.method, "backbone": backbone.name, "dataset": dataset.name,
                                   "classnames": dataset.classnames, "shots": cfg.shots, "seed": cfg.seed,
