@@ -15,3 +15,12 @@ def test_benchmark_prints_its_table(script, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--checkpoint", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "| speed-up" in out or "speed-up |" in out
+
+
+def test_chc_benchmark_prints_its_tables(tmp_path):
+    # --tiny: the smallest sizes (~50-70 s on 2 cores, mostly numba compiling in each child process)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_chc.py"), "--tiny",
+                          "--json", str(tmp_path / "chc.json")],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| stage | pairs | seconds | pairs/s |" in out and "peak RSS" in out and "speed ratio" in out
+    assert (tmp_path / "chc.json").is_file()
