@@ -64,3 +64,14 @@ def test_duplicate_top_words_disambiguate():
     assert names == {0: "dog puppy", 1: "dog cartoon", 2: "car", 3: "tree"}
     with pytest.raises(ValueError, match="merge"):
         name_topics(counts, "vote")
+
+
+def test_min_share_keeps_stray_words_out_of_the_cluster_frequency():
+    # "kiwi" is cluster 0's word; one stray caption carries it into clusters 1 and 2
+    counts = {0: Counter(kiwi=50, fruit=10), 1: Counter(boat=60, kiwi=1), 2: Counter(tree=60, kiwi=1)}
+    exact = tfidf_scores(counts)
+    assert exact[0]["kiwi"] == pytest.approx(50 / 60 * math.log(3 / 4))  # L_w = 3: negative
+    assert topic_words(counts)[0].words[0] == "fruit"
+    robust = tfidf_scores(counts, min_share=0.05)  # 1/61 < 5%: clusters 1, 2 do not count
+    assert robust[0]["kiwi"] == pytest.approx(50 / 60 * math.log(3 / 2))
+    assert topic_words(counts, min_share=0.05)[0].words[0] == "kiwi"

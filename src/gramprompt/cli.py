@@ -150,6 +150,7 @@ def _chc_config(a: argparse.Namespace):
         TopicConfig(umap_neighbors=a.umap_neighbors, umap_components=a.umap_components,
                     min_cluster_size=a.min_cluster_size, min_samples=a.min_samples, clusterer=a.clusterer,
                     noise=a.noise, duplicates=a.duplicates, fit_size=a.fit_size, assign=a.assign,
+                    word_min_share=a.word_min_share,
                     extra_stop_words=tuple(a.stop_words)),
         DomainConfig(domains=a.domains, min_domain_size=a.min_domain_size),
         seed=a.seed, shard_size=a.shard_size)
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assign", choices=["predict", "centroid"], default=d_topic.assign,
                    help="pairs outside the fit: hdbscan.approximate_predict or nearest topic centroid")
     p.add_argument("--stop-words", nargs="*", default=[], help="extra words never to use as topic words")
+    p.add_argument("--word-min-share", type=float, default=d_topic.word_min_share,
+                   help="count a cluster in Eq. 3's L_w only if the word is this share of its words "
+                        "(0: Eq. 3 exactly; e.g. 0.002 against stray captions at scale)")
     p.add_argument("--domains", type=int, default=d_dom.domains, help="visual domains per topic (U)")
     p.add_argument("--min-domain-size", type=int, default=d_dom.min_domain_size)
     p.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,6 @@ import os
 
 from gramprompt.data import cache_dir
 
-# umap-learn and hdbscan compile with numba in every fresh process (15-45 s each) unless the
-# compile cache persists; worker processes inherit this.
+# umap-learn and hdbscan compile with numba in every fresh process; a persistent cache saves part
+# of it (some umap/pynndescent functions still compile, ~30 s per process measured). Workers inherit it.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))

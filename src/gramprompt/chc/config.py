@@ -53,6 +53,7 @@ class TopicConfig:
     assign_chunk: int = 20_000  # rows per assignment chunk (bounds the memory of the scale path)
     assign: str = "predict"  # "predict" (umap.transform + approximate_predict) or "centroid"
     top_words: int = 10
+    word_min_share: float = 0.0  # > 0: a cluster counts in Eq. 3's L_w only if the word is this share of it
     extra_stop_words: tuple[str, ...] = ()
 
 

@@ -166,7 +166,7 @@ def cluster_stage(store: FeatureStore, cfg: CHCConfig, out: Path, executor: Exec
         merge_counts(counts, count_words(captions, raw[s.offset:s.offset + s.rows], stop))
     for label in range(int(raw.max()) + 1 if len(raw) else 0):  # a cluster of stop words only
         counts.setdefault(label, Counter())
-    remap, words, names = name_topics(counts, cfg.topics.duplicates, cfg.topics.top_words)
+    remap, words, names = name_topics(counts, cfg.topics.duplicates, cfg.topics.top_words, cfg.topics.word_min_share)
     lut = np.full(max(remap, default=-1) + 1, -1, np.int64)
     for old, new in remap.items():
         lut[old] = new

@@ -58,12 +58,17 @@ class TopicWords:
     num_words: int  # N_l
 
 
-def tfidf_scores(counts: dict[int, Counter[str]]) -> dict[int, dict[str, float]]:
-    """Eq. 3 for every word of every cluster in ``counts`` (noise must already be out)."""
+def tfidf_scores(counts: dict[int, Counter[str]], min_share: float = 0.0) -> dict[int, dict[str, float]]:
+    """Eq. 3 for every word of every cluster in ``counts`` (noise must already be out).
+
+    ``min_share`` > 0 departs from Eq. 3 on purpose: a cluster counts in L_w only if w makes up
+    at least that fraction of its words. At scale a few misassigned captions carry a topic's word
+    into most clusters, which drives its score to <= 0 everywhere (see docs/CHC.md); 0 = exact."""
     num_clusters = len(counts)
     clusters_with: Counter[str] = Counter()
     for counter in counts.values():
-        clusters_with.update(w for w, n in counter.items() if n > 0)
+        total = sum(counter.values())
+        clusters_with.update(w for w, n in counter.items() if n > 0 and n >= min_share * total)
     scores = {}
     for label, counter in counts.items():
         total = sum(counter.values())
@@ -72,10 +77,10 @@ def tfidf_scores(counts: dict[int, Counter[str]]) -> dict[int, dict[str, float]]
     return scores
 
 
-def topic_words(counts: dict[int, Counter[str]], top: int = 10) -> dict[int, TopicWords]:
+def topic_words(counts: dict[int, Counter[str]], top: int = 10, min_share: float = 0.0) -> dict[int, TopicWords]:
     """The ``top`` highest-scoring words per cluster (ties: higher count, then alphabetical)."""
     out = {}
-    for label, word_scores in tfidf_scores(counts).items():
+    for label, word_scores in tfidf_scores(counts, min_share).items():
         ranked = sorted(word_scores, key=lambda w: (-word_scores[w], -counts[label][w], w))[:top]
         out[label] = TopicWords(label, tuple(ranked), tuple(word_scores[w] for w in ranked),
                                 sum(counts[label].values()))
@@ -121,7 +126,7 @@ def regroup(counts: dict[int, Counter[str]], remap: dict[int, int]) -> dict[int,
     return dict(sorted(out.items()))
 
 
-def name_topics(counts: dict[int, Counter[str]], mode: str = "merge", top: int = 10,
+def name_topics(counts: dict[int, Counter[str]], mode: str = "merge", top: int = 10, min_share: float = 0.0,
                 ) -> tuple[dict[int, int], dict[int, TopicWords], dict[int, str]]:
     """Topic words per cluster, with clusters that share a top word resolved by ``mode``.
 
@@ -131,7 +136,7 @@ def name_topics(counts: dict[int, Counter[str]], mode: str = "merge", top: int =
     """
     remap_total = {label: label for label in counts}
     while True:
-        words = topic_words(counts, top)
+        words = topic_words(counts, top, min_share)
         remap, names = resolve_duplicates(words, mode)
         if mode == "disambiguate" or len(names) == len(words):
             counts = regroup(counts, remap)
