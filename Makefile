@@ -32,6 +32,7 @@ test: setup
 bench: setup
 	$(PYTHON) benchmarks/bench_text_truncation.py
 	$(PYTHON) benchmarks/bench_feature_cache.py
+	$(PYTHON) benchmarks/bench_chc.py
 
 clean:
 	rm -rf .cache runs build *.egg-info
