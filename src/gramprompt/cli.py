@@ -177,6 +177,26 @@ def cmd_chc(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meta_train(a: argparse.Namespace) -> int:
+    from .meta.regulator import RegulatorConfig
+    from .meta.run import meta_train
+    from .meta.tasks import TaskConfig
+    from .meta.trainer import MetaConfig
+
+    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    cfg = MetaConfig(iterations=a.iterations, task_batch=a.task_batch, inner_lr=a.inner_lr, inner_steps=a.inner_steps,
+                     lr_theta=a.lr_theta, lr_phi=a.lr_phi, second_order=a.second_order,
+                     use_regulator=not a.no_regulator, grad_clip=a.grad_clip, stats_every=a.stats_every,
+                     checkpoint_every=a.checkpoint_every, seed=a.seed,
+                     tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
+                     regulator=RegulatorConfig(a.regulator))
+    prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
+    path, state = meta_train(a.hierarchy, backbone, a.method, a.out, cfg, prompt)
+    print(f"{state.iteration} meta-iterations ({state.skipped} skipped batches); theta* and phi* in {path}")
+    print(f"use it: gram fewshot --init {path} --method {a.method} ...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gram", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -273,6 +293,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement", default=None, metavar="FIELD",
                    help="also score topics against this metadata field (ARI/NMI), e.g. category for openclipart")
     p.set_defaults(fn=cmd_chc)
+
+    from .meta.trainer import MetaConfig
+    from .meta.tasks import TaskConfig
+
+    d_meta, d_task = MetaConfig(), TaskConfig()
+    p = sub.add_parser("meta-train", help="GRAM: meta-learn a prompt initialization theta* and a gradient regulator "
+                                          "phi* on tasks from a CHC hierarchy")
+    p.add_argument("--hierarchy", required=True, type=Path, help="a `gram chc` output folder")
+    _add_backbone_args(p)
+    p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
+                   help="prompt method GRAM wraps: coop, cocoop, vpt, vpt-deep, joint (UNIGRAM: joint, 2+2 tokens)")
+    p.add_argument("--out", required=True, type=Path, help="run folder; rerun the same command to resume")
+    p.add_argument("--iterations", type=int, default=d_meta.iterations)
+    p.add_argument("--task-batch", type=int, default=d_meta.task_batch, help="tasks per meta-batch (B)")
+    p.add_argument("--ways", type=int, default=d_task.ways, help="classes per task (K_t)")
+    p.add_argument("--support-shots", type=int, default=d_task.support_shots)
+    p.add_argument("--query-shots", type=int, default=d_task.query_shots)
+    p.add_argument("--inner-lr", type=float, default=d_meta.inner_lr, help="alpha")
+    p.add_argument("--inner-steps", type=int, default=d_meta.inner_steps)
+    p.add_argument("--lr-theta", type=float, default=d_meta.lr_theta, help="lambda_1 (Adam)")
+    p.add_argument("--lr-phi", type=float, default=d_meta.lr_phi, help="lambda_2 (Adam)")
+    p.add_argument("--second-order", action="store_true", help="keep the Hessian term (slower, more memory)")
+    p.add_argument("--regulator", choices=["shared", "diagonal", "full"], default=d_meta.regulator.shape)
+    p.add_argument("--no-regulator", action="store_true", help="ablation: raw gradients in the inner loop")
+    p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")
+    p.add_argument("--grad-clip", type=float, default=d_meta.grad_clip)
+    p.add_argument("--stats-every", type=int, default=d_meta.stats_every)
+    p.add_argument("--checkpoint-every", type=int, default=d_meta.checkpoint_every)
+    p.add_argument("--text-tokens", type=int, default=PromptConfig().text_tokens)
+    p.add_argument("--visual-tokens", type=int, default=PromptConfig().visual_tokens)
+    p.add_argument("--visual-depth", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d_meta.seed)
+    p.set_defaults(fn=cmd_meta_train)
 
     p = sub.add_parser("demo", help="offline demo: zero-shot and base-to-new prompt tuning on the offline datasets")
     p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")

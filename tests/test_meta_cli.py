@@ -1,0 +1,47 @@
+"""`gram meta-train` on a small hierarchy, then `gram fewshot --init` from its checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from gramprompt.backbones import load_backbone
+from gramprompt.chc.hierarchy import Hierarchy, Topic
+from gramprompt.chc.synthetic import topic_word, write_mixture
+from gramprompt.cli import main
+from gramprompt.meta.checkpoint import load_gram
+
+
+def small_hierarchy(root, image_dim: int) -> Hierarchy:
+    """A hierarchy straight from the synthetic mixture's ground truth (no clustering needed)."""
+    truth = write_mixture(root / "features", 240, topics=6, domains=2, image_dim=image_dim, shard_rows=100)
+    topics = [Topic(t, topic_word(t), [(topic_word(t), 1.0)], int((truth.topic == t).sum()),
+                    np.bincount(truth.domain[truth.topic == t]).tolist()) for t in range(6)]
+    n = len(truth.topic)
+    h = Hierarchy([f"{i:09d}" for i in range(n)], np.arange(n), [""] * n, ["kept"] * n, truth.topic, truth.domain,
+                  topics, {"features": str((root / "features").resolve())})
+    h.save(root / "h")
+    return h
+
+
+def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
+    backbone = load_backbone(f"hf:{tiny_clip_dir}")
+    small_hierarchy(tmp_path, backbone.embed_dim)
+    out = tmp_path / "meta"
+    args = ["meta-train", "--hierarchy", str(tmp_path / "h"), "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
+            "--out", str(out), "--iterations", "4", "--task-batch", "2", "--ways", "3", "--support-shots", "2",
+            "--query-shots", "3", "--checkpoint-every", "2", "--stats-every", "2"]
+    assert main(args) == 0
+    theta, phi, info = load_gram(out / "gram.safetensors")
+    assert theta["text_ctx"].shape == (4, backbone.text_width)
+    assert set(phi) == {f"text_ctx.{k}" for k in ("w_gamma", "b_gamma", "w_beta", "b_beta")}
+    assert info["method"] == "coop" and info["regulator"]["shape"] == "shared" and info["iterations"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4] and "alignment" in records[1]
+    assert main(["fewshot", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop", "--dataset", "digits",
+                 "--shots", "2", "--out", str(tmp_path / "fs"), "--epochs", "1", "--batch-size", "4",
+                 "--init", str(out / "gram.safetensors")]) == 0
+    assert main([*args[:-2], "--no-regulator", "--out", str(tmp_path / "noreg")]) == 0  # ablation: no phi
+    assert load_gram(tmp_path / "noreg" / "gram.safetensors")[1] == {}
+    assert not torch.equal(theta["text_ctx"], load_gram(tmp_path / "noreg" / "gram.safetensors")[0]["text_ctx"])
