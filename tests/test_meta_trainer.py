@@ -60,3 +60,26 @@ def test_no_regulator_ablation_has_no_phi(backbone, data, tmp_path):
     sampler, inputs = data
     state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(use_regulator=False), tmp_path).run()
     assert state.phi == {} and state.iteration == 6
+
+
+def test_pretrain_ablation_is_plain_classification(backbone, data, tmp_path):
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    cfg = config(mode="pretrain", lr_theta=0.05)
+    state = MetaTrainer(method, sampler, inputs, cfg, tmp_path).run()
+    assert state.phi == {}
+    # independent truth: the same Adam steps on the summed support + query cross-entropy of the same tasks
+    from gramprompt.meta.trainer import _task_data
+    rng = np.random.default_rng(cfg.seed)
+    theta = {k: v.requires_grad_() for k, v in method.init_params(torch.Generator().manual_seed(cfg.seed)).items()}
+    opt = torch.optim.Adam(list(theta.values()), lr=cfg.lr_theta)
+    for _ in range(cfg.iterations):
+        tasks = [_task_data(sampler.sample(rng), inputs) for _ in range(cfg.task_batch)]
+        loss = sum(torch.nn.functional.cross_entropy(method.logits(theta, b, t.classnames), y)
+                   for t in tasks for b, y in ((t.support, t.support_y), (t.query, t.query_y)))
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.linalg.vector_norm(theta["text_ctx"].grad)
+        theta["text_ctx"].grad *= min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
+        opt.step()
+    torch.testing.assert_close(state.theta["text_ctx"], theta["text_ctx"].detach())

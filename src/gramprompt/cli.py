@@ -184,7 +184,8 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
     from .meta.trainer import MetaConfig
 
     backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
-    cfg = MetaConfig(iterations=a.iterations, task_batch=a.task_batch, inner_lr=a.inner_lr, inner_steps=a.inner_steps,
+    cfg = MetaConfig(mode="pretrain" if a.pretrain else "gram", iterations=a.iterations, task_batch=a.task_batch,
+                     inner_lr=a.inner_lr, inner_steps=a.inner_steps,
                      lr_theta=a.lr_theta, lr_phi=a.lr_phi, second_order=a.second_order,
                      use_regulator=not a.no_regulator, grad_clip=a.grad_clip, stats_every=a.stats_every,
                      checkpoint_every=a.checkpoint_every, seed=a.seed,
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regulator", choices=["shared", "diagonal", "full"], default=d_meta.regulator.shape)
     p.add_argument("--no-regulator", action="store_true", help="ablation: raw gradients in the inner loop")
     p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")
+    p.add_argument("--pretrain", action="store_true",
+                   help="ablation (- meta-learning): plain classification of the clustered images, topic words as classes")
     p.add_argument("--grad-clip", type=float, default=d_meta.grad_clip)
     p.add_argument("--stats-every", type=int, default=d_meta.stats_every)
     p.add_argument("--checkpoint-every", type=int, default=d_meta.checkpoint_every)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from gramprompt.meta.regulator import RegulatorConfig, init_regulator
-from gramprompt.meta.step import TaskData, meta_loss
+from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import Task, TaskConfig, TaskSampler
 from gramprompt.prompts.base import PromptMethod
 
@@ -31,6 +31,7 @@ Params = dict[str, Tensor]
 
 @dataclass
 class MetaConfig:
+    mode: str = "gram"  # "pretrain": the "- meta-learning" ablation, plain classification of the tasks' images
     iterations: int = 300
     task_batch: int = 4  # B
     inner_lr: float = 0.1  # alpha
@@ -72,10 +73,22 @@ class MetaTrainer:
         self.log = log
 
     def initial_state(self) -> MetaState:
+        if self.cfg.mode not in ("gram", "pretrain"):
+            raise ValueError(f"meta-training mode must be 'gram' or 'pretrain', got {self.cfg.mode!r}")
         gen = torch.Generator().manual_seed(self.cfg.seed)
         theta = self.method.init_params(gen)
-        phi = init_regulator(theta, self.cfg.regulator, gen) if self.cfg.use_regulator else {}
+        use_phi = self.cfg.use_regulator and self.cfg.mode == "gram"
+        phi = init_regulator(theta, self.cfg.regulator, gen) if use_phi else {}
         return MetaState(theta, phi)
+
+    def _loss(self, state: MetaState, tasks: list[TaskData], with_stats: bool):
+        cfg = self.cfg
+        if cfg.mode == "pretrain":  # no inner loop: classify support and query images at theta
+            loss = sum(task_loss(self.method, state.theta, t.support, t.support_y, t.classnames)[0]
+                       + task_loss(self.method, state.theta, t.query, t.query_y, t.classnames)[0] for t in tasks)
+            return loss, None
+        return meta_loss(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
+                         cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
 
     def run(self) -> MetaState:
         cfg = self.cfg
@@ -83,8 +96,7 @@ class MetaTrainer:
         while state.iteration < cfg.iterations:
             tasks = [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(cfg.task_batch)]
             with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
-            loss, stats = meta_loss(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
-                                    cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
+            loss, stats = self._loss(state, tasks, with_stats)
             params = [*state.theta.values(), *state.phi.values()]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
