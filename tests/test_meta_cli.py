@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from gramprompt.backbones import load_backbone
 from gramprompt.chc.hierarchy import Hierarchy, Topic
@@ -13,13 +15,21 @@ from gramprompt.cli import main
 from gramprompt.meta.checkpoint import load_gram
 
 
-def small_hierarchy(root, image_dim: int) -> Hierarchy:
-    """A hierarchy straight from the synthetic mixture's ground truth (no clustering needed)."""
+def small_hierarchy(root, image_dim: int, images: bool = False) -> Hierarchy:
+    """A hierarchy straight from the synthetic mixture's ground truth (no clustering needed); with
+    ``images``, each row also gets an image file (colour by topic, brightness by domain)."""
     truth = write_mixture(root / "features", 240, topics=6, domains=2, image_dim=image_dim, shard_rows=100)
+    sources = [""] * len(truth.topic)
+    if images:
+        (root / "img").mkdir()
+        palette = np.random.default_rng(0).integers(40, 200, (6, 3))
+        for i, (t, d) in enumerate(zip(truth.topic, truth.domain)):
+            sources[i] = str(root / "img" / f"{i}.png")
+            Image.fromarray(np.full((12, 12, 3), palette[t] * (0.6 + 0.4 * d), np.uint8)).save(sources[i])
     topics = [Topic(t, topic_word(t), [(topic_word(t), 1.0)], int((truth.topic == t).sum()),
                     np.bincount(truth.domain[truth.topic == t]).tolist()) for t in range(6)]
     n = len(truth.topic)
-    h = Hierarchy([f"{i:09d}" for i in range(n)], np.arange(n), [""] * n, ["kept"] * n, truth.topic, truth.domain,
+    h = Hierarchy([f"{i:09d}" for i in range(n)], np.arange(n), sources, ["kept"] * n, truth.topic, truth.domain,
                   topics, {"features": str((root / "features").resolve())})
     h.save(root / "h")
     return h
@@ -45,3 +55,18 @@ def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
     assert main([*args[:-2], "--no-regulator", "--out", str(tmp_path / "noreg")]) == 0  # ablation: no phi
     assert load_gram(tmp_path / "noreg" / "gram.safetensors")[1] == {}
     assert not torch.equal(theta["text_ctx"], load_gram(tmp_path / "noreg" / "gram.safetensors")[0]["text_ctx"])
+
+
+@pytest.mark.parametrize("method,tokens", [("vpt", ["--visual-tokens", "4"]),
+                                           ("joint", ["--text-tokens", "2", "--visual-tokens", "2"])])  # UNIGRAM
+def test_meta_train_methods_with_visual_prompts(tiny_clip_dir, tmp_path, method, tokens):
+    backbone = load_backbone(f"hf:{tiny_clip_dir}")
+    small_hierarchy(tmp_path, backbone.embed_dim, images=True)
+    out = tmp_path / "meta"
+    assert main(["meta-train", "--hierarchy", str(tmp_path / "h"), "--backbone", f"hf:{tiny_clip_dir}",
+                 "--method", method, "--out", str(out), "--iterations", "2", "--task-batch", "1", "--ways", "2",
+                 "--support-shots", "2", "--query-shots", "2", "--stats-every", "1", *tokens]) == 0
+    theta, phi, info = load_gram(out / "gram.safetensors")
+    assert theta["visual_ctx"].shape[-2:] == (int(tokens[-1]), backbone.vision_width)
+    groups = {k.split(".")[0] for k in phi}
+    assert groups == set(theta)  # one regulator per prompt group: text and visual for UNIGRAM
