@@ -70,3 +70,14 @@ def test_meta_train_methods_with_visual_prompts(tiny_clip_dir, tmp_path, method,
     assert theta["visual_ctx"].shape[-2:] == (int(tokens[-1]), backbone.vision_width)
     groups = {k.split(".")[0] for k in phi}
     assert groups == set(theta)  # one regulator per prompt group: text and visual for UNIGRAM
+
+
+def test_supervised_meta_training_ablation(tiny_clip_dir, tmp_path):
+    out = tmp_path / "sup"
+    assert main(["meta-train", "--supervised", "digits", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
+                 "--out", str(out), "--iterations", "2", "--task-batch", "2", "--ways", "3", "--support-shots", "2",
+                 "--query-shots", "2"]) == 0
+    _, phi, info = load_gram(out / "gram.safetensors")
+    assert info["supervised"] == "digits" and info["classes"] == 10 and phi
+    assert main(["meta-train", "--supervised", "nowhere", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
+                 "--out", str(tmp_path / "x")]) == 2

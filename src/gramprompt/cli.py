@@ -192,7 +192,8 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
                      regulator=RegulatorConfig(a.regulator))
     prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
-    path, state = meta_train(a.hierarchy, backbone, a.method, a.out, cfg, prompt)
+    path, state = meta_train(a.supervised or a.hierarchy, backbone, a.method, a.out, cfg, prompt,
+                             supervised=a.supervised is not None)
     print(f"{state.iteration} meta-iterations ({state.skipped} skipped batches); theta* and phi* in {path}")
     print(f"use it: gram fewshot --init {path} --method {a.method} ...")
     return 0
@@ -301,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     d_meta, d_task = MetaConfig(), TaskConfig()
     p = sub.add_parser("meta-train", help="GRAM: meta-learn a prompt initialization theta* and a gradient regulator "
                                           "phi* on tasks from a CHC hierarchy")
-    p.add_argument("--hierarchy", required=True, type=Path, help="a `gram chc` output folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hierarchy", type=Path, help="a `gram chc` output folder")
+    src.add_argument("--supervised", default=None, metavar="DATASET",
+                     help="ablation (- CHC): tasks from a labelled dataset's classes instead, e.g. clipart-categories")
     _add_backbone_args(p)
     p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
                    help="prompt method GRAM wraps: coop, cocoop, vpt, vpt-deep, joint (UNIGRAM: joint, 2+2 tokens)")

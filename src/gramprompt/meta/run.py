@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from gramprompt.backbones.base import Backbone
 from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.meta.checkpoint import save_gram
@@ -30,21 +32,44 @@ def task_inputs(method, hierarchy: Hierarchy):
     return ImageInputs(method.backbone, hierarchy.sources)
 
 
-def meta_train(hierarchy_dir: str | os.PathLike, backbone: Backbone, method_name: str, out: str | os.PathLike,
-               cfg: MetaConfig | None = None, prompt: PromptConfig | None = None) -> tuple[Path, MetaState]:
-    """Meta-train theta and phi (resuming a killed run in ``out``); returns the checkpoint path."""
+def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig):
+    """The "- CHC" ablation's tasks: a labelled dataset's classes (paper: WebVision), its train split."""
+    from gramprompt.data.registry import load_dataset
+    from gramprompt.tuning.features import encode_images
+
+    dataset = load_dataset(dataset_spec)
+    train = list(dataset.train)
+    sampler = TaskSampler.supervised(np.array([s.label for s in train]), dataset.classnames, cfg.tasks)
+    if method.uses_pixels:
+        return sampler, ImageInputs(method.backbone, [s.source for s in train])
+    feats, labels = encode_images(method.backbone, train, method.backbone.transform.eval, desc="encoding images")
+    if len(labels) != len(train):
+        raise ValueError(f"{dataset_spec}: {len(train) - len(labels)} unreadable training images; "
+                         "supervised meta-training needs every image (remove them from the dataset)")
+    return sampler, FeatureInputs(feats)
+
+
+def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, out: str | os.PathLike,
+               cfg: MetaConfig | None = None, prompt: PromptConfig | None = None,
+               supervised: bool = False) -> tuple[Path, MetaState]:
+    """Meta-train theta and phi on tasks from the CHC hierarchy folder ``source`` (or, with
+    ``supervised``, from the classes of the dataset spec ``source``); a killed run in ``out``
+    resumes. Returns the checkpoint path and the final state."""
     cfg = cfg or MetaConfig()
     prompt = prompt or PromptConfig()
-    hierarchy = Hierarchy.load(hierarchy_dir)
     method = build_method(method_name, backbone, prompt)
-    sampler = TaskSampler.from_hierarchy(hierarchy, cfg.tasks)
-    run = RunDir.create(out, {"protocol": "meta-train", "hierarchy": str(hierarchy_dir), "backbone": backbone.name,
-                              "method": method_name, "prompt": asdict(prompt), "meta": asdict(cfg),
-                              "skipped_topics": sampler.skipped})
-    state = MetaTrainer(method, sampler, task_inputs(method, hierarchy), cfg, run.path, log=run.log).run()
+    if supervised:
+        sampler, inputs = supervised_tasks(method, str(source), cfg)
+        origin = {"supervised": str(source), "classes": len(sampler.names)}
+    else:
+        hierarchy = Hierarchy.load(source)
+        sampler, inputs = TaskSampler.from_hierarchy(hierarchy, cfg.tasks), task_inputs(method, hierarchy)
+        origin = {"hierarchy": str(source), "topics": len(hierarchy.topics)}
+    run = RunDir.create(out, {"protocol": "meta-train", **origin, "backbone": backbone.name, "method": method_name,
+                              "prompt": asdict(prompt), "meta": asdict(cfg), "skipped_topics": sampler.skipped})
+    state = MetaTrainer(method, sampler, inputs, cfg, run.path, log=run.log).run()
     info = {"method": method_name, "backbone": backbone.name, "prompt": asdict(prompt),
-            "regulator": asdict(cfg.regulator) if state.phi else None, "meta": asdict(cfg),
-            "hierarchy": str(hierarchy_dir), "topics": len(hierarchy.topics), "iterations": state.iteration,
-            "skipped_batches": state.skipped}
+            "regulator": asdict(cfg.regulator) if state.phi else None, "meta": asdict(cfg), **origin,
+            "iterations": state.iteration, "skipped_batches": state.skipped}
     path = save_gram(run.path / GRAM_FILE, state.theta, state.phi, info)
     return path, state
