@@ -44,6 +44,13 @@ def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
             "--query-shots", "3", "--checkpoint-every", "2", "--stats-every", "2"]
     assert main(args) == 0
     theta, phi, info = load_gram(out / "gram.safetensors")
+    # a rerun after a kill between checkpoints: the logs of the redone iterations are not doubled
+    ckpt = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert ckpt["checkpoint_every"] == 2
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 5, "meta_loss": 1.0}) + "\n")  # as if iteration 5 ran, then a kill
+    assert main(args) == 0  # resumes at 4 == iterations: nothing to redo
+    assert load_gram(out / "gram.safetensors")[0]["text_ctx"].equal(theta["text_ctx"])
     assert theta["text_ctx"].shape == (4, backbone.text_width)
     assert set(phi) == {f"text_ctx.{k}" for k in ("w_gamma", "b_gamma", "w_beta", "b_beta")}
     assert info["method"] == "coop" and info["regulator"]["shape"] == "shared" and info["iterations"] == 4

@@ -122,6 +122,14 @@ class MetaTrainer:
                 self._save(state, opt, rng)
         return state
 
+    def checkpoint_iteration(self) -> int:
+        """The iteration a resumed run continues after (0 without a checkpoint)."""
+        for name in ("checkpoint", "checkpoint.old"):
+            path = self.out / name / "state.pt"
+            if path.exists():
+                return int(torch.load(path, weights_only=False)["iteration"])
+        return 0
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _optimizer(self, state: MetaState) -> torch.optim.Optimizer:
         groups = [{"params": list(state.theta.values()), "lr": self.cfg.lr_theta}]
