@@ -77,3 +77,18 @@ def test_bad_configs_are_clear_errors():
         RegulatorConfig(gamma_init=1.0)
     with pytest.raises(ValueError, match="full regulator"):
         init_regulator({"ctx": torch.zeros(24, 512)}, RegulatorConfig("full"))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scale_invariant_option_commutes_with_gradient_scale(shape):
+    gen = torch.Generator().manual_seed(2)
+    params = {"ctx": torch.zeros(3, 5)}
+    phi = init_regulator(params, RegulatorConfig(shape, weight_init_std=0.5), gen)
+    phi = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in phi.items()}
+    g = torch.randn(3, 5, generator=gen) * 1e-2
+    out = regulate_one(phi, "ctx", g, shape, scale_invariant=True)
+    torch.testing.assert_close(regulate_one(phi, "ctx", 1e3 * g, shape, scale_invariant=True), 1e3 * out)
+    rms = g.pow(2).mean().sqrt()  # independent truth: the paper's formula on g / rms, rescaled
+    ref = numpy_regulator(*(phi[f"ctx.{k}"].numpy() for k in ("w_gamma", "b_gamma", "w_beta", "b_beta")),
+                          (g / rms).numpy(), shape) * rms.numpy()
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-8)

@@ -190,7 +190,7 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      use_regulator=not a.no_regulator, grad_clip=a.grad_clip, stats_every=a.stats_every,
                      checkpoint_every=a.checkpoint_every, seed=a.seed,
                      tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
-                     regulator=RegulatorConfig(a.regulator))
+                     regulator=RegulatorConfig(a.regulator, scale_invariant=a.scale_invariant))
     prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
     path, state = meta_train(a.supervised or a.hierarchy, backbone, a.method, a.out, cfg, prompt,
                              supervised=a.supervised is not None)
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order", action="store_true", help="keep the Hessian term (slower, more memory)")
     p.add_argument("--regulator", choices=["shared", "diagonal", "full"], default=d_meta.regulator.shape)
     p.add_argument("--no-regulator", action="store_true", help="ablation: raw gradients in the inner loop")
+    p.add_argument("--scale-invariant", action="store_true",
+                   help="regulator sees g / rms(g) and scales beta by rms(g) (a departure from the paper; see README)")
     p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")
     p.add_argument("--pretrain", action="store_true",
                    help="ablation (- meta-learning): plain classification of the clustered images, topic words as classes")

@@ -39,8 +39,9 @@ def regulated_grad_transform(path: str | os.PathLike, device=None):
     if not phi:
         return None
     phi = {k: v.to(device) for k, v in phi.items()} if device is not None else phi
-    return partial(_apply, phi, info.get("regulator", {}).get("shape", "shared"))
+    reg = info.get("regulator") or {}
+    return partial(_apply, phi, reg.get("shape", "shared"), bool(reg.get("scale_invariant", False)))
 
 
-def _apply(phi: dict[str, Tensor], shape: str, grads: dict[str, Tensor]) -> dict[str, Tensor]:
-    return regulate(phi, grads, shape)
+def _apply(phi: dict[str, Tensor], shape: str, scale_invariant: bool, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    return regulate(phi, grads, shape, scale_invariant)

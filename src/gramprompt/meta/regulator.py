@@ -31,6 +31,10 @@ class RegulatorConfig:
     shape: str = "shared"
     gamma_init: float = math.tanh(2.0)  # ~0.964
     weight_init_std: float = 0.0  # > 0 breaks the g-independence of the start (ablations)
+    # Departure from the paper (off by default): feed g / rms(g) to the affine maps and scale beta
+    # by rms(g), so R(c g) = c R(g). Prompt gradients are ~1e-2, where W g barely moves tanh and a
+    # beta of 0.1 swamps g; this makes R_phi independent of the loss scale and learning rate.
+    scale_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -81,14 +85,17 @@ def _affine(w: Tensor, b: Tensor, g: Tensor, shape: str) -> Tensor:
     return (w @ g.reshape(-1) + b).reshape(g.shape)
 
 
-def regulate_one(phi: dict[str, Tensor], name: str, g: Tensor, shape: str) -> Tensor:
+def regulate_one(phi: dict[str, Tensor], name: str, g: Tensor, shape: str, scale_invariant: bool = False) -> Tensor:
     """g_hat = gamma * g + beta for one prompt tensor's gradient ``g``."""
-    gamma = torch.tanh(_affine(phi[f"{name}.w_gamma"], phi[f"{name}.b_gamma"], g, shape))
-    beta = torch.tanh(_affine(phi[f"{name}.w_beta"], phi[f"{name}.b_beta"], g, shape))
-    return gamma * g + beta
+    scale = g.pow(2).mean().sqrt() + 1e-12 if scale_invariant else None
+    x = g / scale if scale_invariant else g
+    gamma = torch.tanh(_affine(phi[f"{name}.w_gamma"], phi[f"{name}.b_gamma"], x, shape))
+    beta = torch.tanh(_affine(phi[f"{name}.w_beta"], phi[f"{name}.b_beta"], x, shape))
+    return gamma * g + (beta * scale if scale_invariant else beta)
 
 
-def regulate(phi: dict[str, Tensor], grads: dict[str, Tensor], shape: str) -> dict[str, Tensor]:
+def regulate(phi: dict[str, Tensor], grads: dict[str, Tensor], shape: str,
+             scale_invariant: bool = False) -> dict[str, Tensor]:
     """R_phi applied to every gradient that has a regulator in ``phi``; the others pass unchanged."""
-    return {name: regulate_one(phi, name, g, shape) if f"{name}.w_gamma" in phi else g
+    return {name: regulate_one(phi, name, g, shape, scale_invariant) if f"{name}.w_gamma" in phi else g
             for name, g in grads.items()}

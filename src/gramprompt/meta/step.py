@@ -51,7 +51,7 @@ def second_order_context(create_graph: bool):
 
 
 def adapt(method: PromptMethod, theta: Params, phi: Params | None, shape: str, task: TaskData, alpha: float,
-          steps: int = 1, create_graph: bool = False) -> tuple[Params, Params]:
+          steps: int = 1, create_graph: bool = False, scale_invariant: bool = False) -> tuple[Params, Params]:
     """theta' after ``steps`` regulated SGD steps on the support set (``phi=None``: raw gradient).
 
     Returns theta' and the first step's regulated gradient (for the alignment statistic)."""
@@ -63,7 +63,7 @@ def adapt(method: PromptMethod, theta: Params, phi: Params | None, shape: str, t
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
         grads = dict(zip(names, grads))
         if phi is not None:
-            grads = regulate(phi, grads, shape)
+            grads = regulate(phi, grads, shape, scale_invariant)
         if step == 0:
             first = grads
         params = {k: (v - alpha * grads[k]) if k in grads else v for k, v in params.items()}
@@ -80,15 +80,15 @@ class StepStats:
 
 
 def meta_loss(method: PromptMethod, theta: Params, phi: Params | None, shape: str, tasks: list[TaskData],
-              alpha: float, steps: int = 1, second_order: bool = False,
-              stats: bool = True) -> tuple[Tensor, StepStats | None]:
+              alpha: float, steps: int = 1, second_order: bool = False, stats: bool = True,
+              scale_invariant: bool = False) -> tuple[Tensor, StepStats | None]:
     """sum_t L(theta'_t; query_t), differentiable in theta and phi; with ``stats``, the logged
     before/after query loss and accuracy and the support-query gradient alignment (paper Fig. 3b)."""
     total = 0.0
     before_l, before_a, after_l, after_a, align = [], [], [], [], []
     with second_order_context(second_order):
         for task in tasks:
-            adapted, g_support = adapt(method, theta, phi, shape, task, alpha, steps, create_graph=second_order)
+            adapted, g_support = adapt(method, theta, phi, shape, task, alpha, steps, second_order, scale_invariant)
             loss, logits = task_loss(method, adapted, task.query, task.query_y, task.classnames)
             total = total + loss
             if stats:

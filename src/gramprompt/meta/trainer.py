@@ -88,7 +88,7 @@ class MetaTrainer:
                        + task_loss(self.method, state.theta, t.query, t.query_y, t.classnames)[0] for t in tasks)
             return loss, None
         return meta_loss(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
-                         cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
+                         cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats, cfg.regulator.scale_invariant)
 
     def run(self) -> MetaState:
         cfg = self.cfg
