@@ -88,3 +88,11 @@ def test_supervised_meta_training_ablation(tiny_clip_dir, tmp_path):
     assert info["supervised"] == "digits" and info["classes"] == 10 and phi
     assert main(["meta-train", "--supervised", "nowhere", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_supervised_meta_training_of_visual_prompts_on_array_images(tiny_clip_dir, tmp_path):
+    out = tmp_path / "sup-vpt"  # digits samples hold arrays, not paths
+    assert main(["meta-train", "--supervised", "digits", "--backbone", f"hf:{tiny_clip_dir}", "--method", "vpt",
+                 "--out", str(out), "--iterations", "1", "--task-batch", "1", "--ways", "2", "--support-shots", "1",
+                 "--query-shots", "1"]) == 0
+    assert "visual_ctx" in load_gram(out / "gram.safetensors")[0]

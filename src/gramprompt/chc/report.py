@@ -13,8 +13,11 @@ from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.data.images import ImageLoadError, load_image
 
 
-def open_source(source: str) -> Image.Image:
-    """A pair's image from its ``source``: a file path, or ``ARCHIVE.tar#MEMBER``."""
+def open_source(source) -> Image.Image:
+    """A pair's image from its ``source``: a file path, ``ARCHIVE.tar#MEMBER``, or anything else
+    ``load_image`` takes (dataset samples may hold arrays)."""
+    if not isinstance(source, str):
+        return load_image(source)
     archive, sep, member = source.partition("#")
     if sep and archive.endswith(".tar") and os.path.isfile(archive):
         with tarfile.open(archive) as tar:
