@@ -127,7 +127,7 @@ def test_extraction_from_webdataset_shards(backbone, text_model, tmp_path):
     import io
     import tarfile
 
-    from gramprompt.chc.report import open_source
+    from gramprompt.data.pairs import load_pair_image
 
     rng = np.random.default_rng(2)
     for shard in range(2):
@@ -151,6 +151,6 @@ def test_extraction_from_webdataset_shards(backbone, text_model, tmp_path):
     src = store.column("source")[2]
     assert src.endswith("00001.tar#000010000.jpg")
     with torch.no_grad():
-        ref = backbone.encode_image(backbone.transform.eval(open_source(src))[None])
+        ref = backbone.encode_image(backbone.transform.eval(load_pair_image(src))[None])
     np.testing.assert_allclose(store.array("img", 1)[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
                                atol=1e-5)

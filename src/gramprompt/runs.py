@@ -92,6 +92,13 @@ class RunDir:
             f.write(line + "\n")
             f.flush()
 
+    def keep_metrics(self, keep) -> None:
+        """Rewrite the log with only the records ``keep(record)`` accepts (a resumed run redoing steps)."""
+        records = self.read_metrics()
+        kept = [r for r in records if keep(r)]
+        if len(kept) < len(records):
+            _atomic_text(self.path / METRICS, "".join(json.dumps(_plain(r)) + "\n" for r in kept))
+
     def read_metrics(self) -> list[dict]:
         """Logged records in order; a torn final line (from a kill mid-write) is skipped."""
         path = self.path / METRICS

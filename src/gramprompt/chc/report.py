@@ -3,29 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from gramprompt.chc.hierarchy import Hierarchy
-from gramprompt.data.images import ImageLoadError, load_image
-
-
-def open_source(source) -> Image.Image:
-    """A pair's image from its ``source``: a file path, ``ARCHIVE.tar#MEMBER``, or anything else
-    ``load_image`` takes (dataset samples may hold arrays)."""
-    if not isinstance(source, str):
-        return load_image(source)
-    archive, sep, member = source.partition("#")
-    if sep and archive.endswith(".tar") and os.path.isfile(archive):
-        with tarfile.open(archive) as tar:
-            f = tar.extractfile(member)
-            if f is None:
-                raise ImageLoadError(f"{member!r} is not a file in {archive}")
-            return load_image(f.read())
-    return load_image(source)
+from gramprompt.data.images import ImageLoadError
+from gramprompt.data.pairs import load_pair_image
 
 
 def sizes_histogram(h: Hierarchy, path: Path) -> None:
@@ -68,7 +53,7 @@ def image_grid(h: Hierarchy, path: Path, topics: int = 6, domains: int = 3, per_
             draw.line([(x0 - gap // 2, y), (x0 - gap // 2, y + thumb)], fill=(200, 200, 200))
             for j, row in enumerate(sorted(pick)):
                 try:
-                    img = open_source(h.sources[row])
+                    img = load_pair_image(h.sources[row])
                 except ImageLoadError:
                     continue
                 img.thumbnail((thumb, thumb))

@@ -40,8 +40,5 @@ def regulated_grad_transform(path: str | os.PathLike, device=None):
         return None
     phi = {k: v.to(device) for k, v in phi.items()} if device is not None else phi
     reg = info.get("regulator") or {}
-    return partial(_apply, phi, reg.get("shape", "shared"), bool(reg.get("scale_invariant", False)))
-
-
-def _apply(phi: dict[str, Tensor], shape: str, scale_invariant: bool, grads: dict[str, Tensor]) -> dict[str, Tensor]:
-    return regulate(phi, grads, shape, scale_invariant)
+    return partial(regulate, phi, shape=reg.get("shape", "shared"),
+                   scale_invariant=bool(reg.get("scale_invariant", False)))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from gramprompt.backbones.base import Backbone
 from gramprompt.data.images import ImageLoadError
+from gramprompt.data.pairs import load_pair_image
 from gramprompt.prompts.base import Batch
 
 
@@ -48,15 +49,13 @@ class ImageInputs:
 
     @torch.inference_mode()
     def _encode(self, rows: list[int]) -> None:
-        from gramprompt.chc.report import open_source
-
         todo = [r for r in rows if r not in self._cache]
         for start in range(0, len(todo), 64):
             part = todo[start:start + 64]
             pixels = []
             for r in part:
                 try:
-                    pixels.append(self.backbone.transform.eval(open_source(self.sources[r])))
+                    pixels.append(self.backbone.transform.eval(load_pair_image(self.sources[r])))
                 except ImageLoadError as err:  # the store had it, so the file changed since: say which
                     raise ImageLoadError(f"row {r}: {err}") from err
             x = torch.stack(pixels).to(self.backbone.device, self.backbone.dtype)

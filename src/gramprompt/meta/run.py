@@ -7,7 +7,6 @@ before/after query statistics and the support-query gradient alignment every ``s
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -31,15 +30,6 @@ def task_inputs(method, hierarchy: Hierarchy):
     if not method.uses_pixels:
         return FeatureInputs.from_store(hierarchy.store(), hierarchy.rows[hierarchy.kept], method.backbone.device)
     return ImageInputs(method.backbone, hierarchy.sources)
-
-
-def _drop_logs_after(run: RunDir, iteration: int) -> None:
-    records = run.read_metrics()
-    if any(r.get("iteration", 0) > iteration for r in records):
-        text = "".join(json.dumps(r) + "\n" for r in records if r.get("iteration", 0) <= iteration)
-        tmp = run.path / "metrics.jsonl.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run.path / "metrics.jsonl")
 
 
 def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig):
@@ -78,7 +68,8 @@ def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, 
     run = RunDir.create(out, {"protocol": "meta-train", **origin, "backbone": backbone.name, "method": method_name,
                               "prompt": asdict(prompt), "meta": asdict(cfg), "skipped_topics": sampler.skipped})
     trainer = MetaTrainer(method, sampler, inputs, cfg, run.path, log=run.log)
-    _drop_logs_after(run, trainer.checkpoint_iteration())  # iterations after the checkpoint are redone
+    resumed_at = trainer.checkpoint_iteration()  # iterations after the checkpoint are redone: drop their logs
+    run.keep_metrics(lambda r: r.get("iteration", 0) <= resumed_at)
     state = trainer.run()
     info = {"method": method_name, "backbone": backbone.name, "prompt": asdict(prompt),
             "regulator": asdict(cfg.regulator) if state.phi else None, "meta": asdict(cfg), **origin,

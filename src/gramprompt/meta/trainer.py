@@ -143,6 +143,7 @@ class MetaTrainer:
             os.replace(self.out / "checkpoint.old", ckpt)
         state = self.initial_state()
         rng = np.random.default_rng(self.cfg.seed)
+        extra = None
         if (ckpt / "params.safetensors").exists():
             tensors = load_file(ckpt / "params.safetensors", device=str(self.method.backbone.device))
             # the optimizer state is positional: keep the initial order of the tensors
@@ -155,8 +156,8 @@ class MetaTrainer:
         for p in [*state.theta.values(), *state.phi.values()]:
             p.requires_grad_(True)
         opt = self._optimizer(state)
-        if (ckpt / "state.pt").exists():
-            opt.load_state_dict(torch.load(ckpt / "state.pt", weights_only=False)["optimizer"])
+        if extra is not None:
+            opt.load_state_dict(extra["optimizer"])
         return state, opt, rng
 
     def _save(self, state: MetaState, opt: torch.optim.Optimizer, rng: np.random.Generator) -> None:

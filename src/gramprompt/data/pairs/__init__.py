@@ -15,6 +15,7 @@ from gramprompt.data.pairs.base import (
     PairShard,
     PairSource,
     clean_caption,
+    load_pair_image,
 )
 from gramprompt.data.pairs.folder import FOLDER_COUNT_KEYS, FolderPairSource
 from gramprompt.data.pairs.noto_emoji import noto_emoji_pairs, scan_noto_emoji
@@ -48,6 +49,6 @@ def open_pair_source(spec: str, shard_size: int = 1000) -> PairSource:
 __all__ = [
     "FOLDER_COUNT_KEYS", "PAIR_SOURCES", "PAIR_SPECS", "WDS_COUNT_KEYS", "FolderPairSource",
     "ImageTextPair", "ListPairSource", "PairScan", "PairShard", "PairSource",
-    "WebDatasetPairSource", "clean_caption", "expand_braces", "noto_emoji_pairs",
+    "WebDatasetPairSource", "clean_caption", "load_pair_image", "expand_braces", "noto_emoji_pairs",
     "open_pair_source", "openclipart_pairs", "scan_noto_emoji", "scan_openclipart",
 ]

@@ -7,11 +7,17 @@ here and counted; bad images are found (and counted) when they are decoded.
 from __future__ import annotations
 
 import math
+import os
+import tarfile
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from PIL import Image
+
+from gramprompt.data.images import ImageLoadError, load_image
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,18 @@ def clean_caption(raw: object) -> tuple[str | None, str]:
     if not any(ch.isalpha() for ch in text):
         return None, "non_text_caption"
     return text, ""
+
+
+def load_pair_image(source) -> Image.Image:
+    """An image from a stored pair ``source``: a file path, ``ARCHIVE.tar#MEMBER`` (WebDataset
+    pairs, whose bytes are not kept), or anything else ``load_image`` takes (e.g. arrays)."""
+    if not isinstance(source, str):
+        return load_image(source)
+    archive, sep, member = source.partition("#")
+    if sep and archive.endswith(".tar") and os.path.isfile(archive):
+        with tarfile.open(archive) as tar:
+            f = tar.extractfile(member)
+            if f is None:
+                raise ImageLoadError(f"{member!r} is not a file in {archive}")
+            return load_image(f.read())
+    return load_image(source)
