@@ -154,3 +154,35 @@ def test_extraction_from_webdataset_shards(backbone, text_model, tmp_path):
         ref = backbone.encode_image(backbone.transform.eval(load_pair_image(src))[None])
     np.testing.assert_allclose(store.array("img", 1)[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
                                atol=1e-5)
+
+
+def test_stored_stems_give_the_same_features_and_feed_visual_meta_training(text_model, tmp_path):
+    from gramprompt.backbones import load_backbone
+    from gramprompt.meta.inputs import FeatureInputs
+    from gramprompt.prompts import build_method
+
+    default = load_backbone("default")
+    source = open_pair_source(f"folder:{write_folder(tmp_path / 'pairs', n=6)}", shard_size=4)
+    extract(FeatureExtractor(default, text_model, FeatureConfig(batch_size=3)), source, tmp_path / "plain")
+    extract(FeatureExtractor(default, text_model, FeatureConfig(batch_size=3, stems=True)), source, tmp_path / "s")
+    plain, with_stems = FeatureStore(tmp_path / "plain"), FeatureStore(tmp_path / "s")
+    assert not plain.has("stem") and with_stems.has("stem")
+    img = np.concatenate([c for _, c in with_stems.chunks("img")])
+    np.testing.assert_array_equal(img, np.concatenate([c for _, c in plain.chunks("img")]))
+    # independent truth: the stem the backbone computes for the first image, stored in float16
+    with torch.no_grad():
+        ref = default.encode_image_stem(default.transform.eval(load_image(tmp_path / "pairs" / "img00.png"))[None])
+    stems = with_stems.gather("stem", np.arange(len(with_stems)))
+    np.testing.assert_allclose(stems[0], ref[0].numpy(), rtol=2e-3, atol=2e-3)
+    inputs = FeatureInputs.from_store(with_stems, np.array([0, 2]), kind="stems")
+    vpt = build_method("vpt", default)
+    params = vpt.init_params(torch.Generator().manual_seed(0))
+    batch = inputs.batch(np.array([2, 0]))
+    assert batch.stems.dtype == torch.float32 and batch.stems.shape == (2, stems.shape[1])
+    with torch.no_grad():
+        from_store = vpt.logits(params, batch, ["red", "green"])
+        pixels = torch.stack([default.transform.eval(load_image(tmp_path / "pairs" / f"img{i:02d}.png"))
+                              for i in (2, 0)])
+        from gramprompt.prompts import Batch
+        direct = vpt.logits(params, Batch(pixels=pixels), ["red", "green"])
+    torch.testing.assert_close(from_store, direct, rtol=1e-2, atol=1e-2)

@@ -145,7 +145,7 @@ def _chc_config(a: argparse.Namespace):
     from .chc.config import CHCConfig, DomainConfig, FeatureConfig, FilterConfig, TopicConfig
 
     return CHCConfig(
-        FeatureConfig(a.text_model, a.batch_size, a.feature_dtype),
+        FeatureConfig(a.text_model, a.batch_size, a.feature_dtype, a.stems),
         FilterConfig(a.filter_threshold, a.filter_quantile),
         TopicConfig(umap_neighbors=a.umap_neighbors, umap_components=a.umap_components,
                     min_cluster_size=a.min_cluster_size, min_samples=a.min_samples, clusterer=a.clusterer,
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentence-transformers model name or path for captions (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--batch-size", type=int, default=d_feat.batch_size)
     p.add_argument("--feature-dtype", choices=["float32", "float16"], default=d_feat.dtype)
+    p.add_argument("--stems", action="store_true",
+                   help="also store the backbone's image stems (float16; default backbone), so VPT/UNIGRAM "
+                        "meta-training reads them instead of decoding every image again")
     p.add_argument("--shard-size", type=int, default=1000, help="pairs per shard of listed sources")
     p.add_argument("--filter-threshold", type=float, default=None, help="drop pairs with image-text cosine below this")
     p.add_argument("--filter-quantile", type=float, default=None, help="drop this lowest fraction of pairs by cosine")

@@ -18,6 +18,9 @@ class FeatureConfig:
     text_model: str = "default"  # "default" = the offline all-MiniLM-L6-v2; any sentence-transformers name/path
     batch_size: int = 64
     dtype: str = "float32"  # storage dtype of the arrays ("float16" halves the disk at scale)
+    # also keep the backbone's cacheable image stems (float16; only backbones with cache_stems), which
+    # visual-prompt meta-training (VPT, UNIGRAM) reads instead of decoding every image again
+    stems: bool = False
 
 
 @dataclass

@@ -53,11 +53,18 @@ def text_dim(model) -> int:
 
 
 @torch.inference_mode()
-def backbone_features(backbone: Backbone, pixels: torch.Tensor,
-                      captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,)."""
+def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
+                      stems: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,);
+    with a ``stems`` list, the images' stems are appended to it (float16, flat) on the way."""
     pixels = pixels.to(backbone.device, backbone.dtype)
-    img = torch.nn.functional.normalize(backbone.encode_image(pixels).float(), dim=-1)
+    if stems is not None:
+        stem = backbone.encode_image_stem(pixels)
+        stems.append(stem.reshape(len(stem), -1).to(torch.float16).cpu().numpy())
+        img = backbone.encode_image_from_stem(stem)
+    else:
+        img = backbone.encode_image(pixels)
+    img = torch.nn.functional.normalize(img.float(), dim=-1)
     tok = backbone.tokenize(list(captions))
     txt = backbone.encode_text_embeddings(backbone.token_embeddings(tok.ids), tok.lengths)
     txt = torch.nn.functional.normalize(txt.float(), dim=-1)
@@ -82,6 +89,7 @@ class FeatureExtractor:
         counts.pop("pairs", None)
         pairs: list[ImageTextPair] = []
         img_parts, sim_parts = [], []
+        stem_parts: list[np.ndarray] | None = [] if self.config.stems and self.backbone.cache_stems else None
         bs = self.config.batch_size
         for start in range(0, len(shard.pairs), bs):
             batch, pixels = [], []
@@ -94,7 +102,7 @@ class FeatureExtractor:
                     continue
                 batch.append(pair)
             if batch:
-                img, sim = backbone_features(self.backbone, torch.stack(pixels), [p.caption for p in batch])
+                img, sim = backbone_features(self.backbone, torch.stack(pixels), [p.caption for p in batch], stem_parts)
                 img_parts.append(img)
                 sim_parts.append(sim)
                 pairs.extend(batch)
@@ -105,7 +113,10 @@ class FeatureExtractor:
             np.zeros((0, dim_txt), np.float32)
         counts["pairs"] = len(pairs)
         dtype = np.dtype(self.config.dtype)
-        write_shard(out, index, img.astype(dtype), txt.astype(dtype), _rows(pairs, sim), dict(counts))
+        stems = None
+        if stem_parts is not None:
+            stems = np.concatenate(stem_parts) if stem_parts else np.zeros((0, 0), np.float16)
+        write_shard(out, index, img.astype(dtype), txt.astype(dtype), _rows(pairs, sim), dict(counts), stems)
         return dict(counts)
 
 

@@ -6,6 +6,9 @@ Layout (DESIGN section 5), one file of each kind per pair-source shard ``i``::
     text_emb/text_emb_{i:05d}.npy     (n_i, d) caption (Sentence-BERT) embeddings, L2-normalized
     metadata/metadata_{i:05d}.parquet key, caption, source, sim, meta (JSON); the shard's skip
                                       counts in the file's key-value metadata
+    stem_emb/stem_emb_{i:05d}.npy     optional (n_i, S) float16 cacheable image stems (backbones
+                                      with ``cache_stems``), so visual-prompt meta-training need
+                                      not decode the images again
 
 Row r of every file of shard i is the same pair. The parquet file is written last and atomically,
 so a shard is complete exactly when its metadata file exists: that is what makes extraction
@@ -36,6 +39,7 @@ class StoreError(ValueError):
 def shard_paths(root: Path, index: int) -> dict[str, Path]:
     return {"img": root / "img_emb" / f"img_emb_{index:05d}.npy",
             "text": root / "text_emb" / f"text_emb_{index:05d}.npy",
+            "stem": root / "stem_emb" / f"stem_emb_{index:05d}.npy",
             "meta": root / "metadata" / f"metadata_{index:05d}.parquet"}
 
 
@@ -48,15 +52,18 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_shard(root: str | os.PathLike, index: int, image: np.ndarray, text: np.ndarray,
-                rows: dict[str, Sequence], counts: dict[str, int]) -> None:
+                rows: dict[str, Sequence], counts: dict[str, int], stems: np.ndarray | None = None) -> None:
     """Write one complete shard: arrays first, the metadata file (the completion mark) last."""
     root = Path(root)
     n = len(rows["key"])
-    if image.shape[0] != n or text.shape[0] != n or any(len(rows[c]) != n for c in COLUMNS):
+    if (image.shape[0] != n or text.shape[0] != n or any(len(rows[c]) != n for c in COLUMNS)
+            or (stems is not None and stems.shape[0] != n)):
         raise StoreError(f"shard {index}: rows are not aligned ({image.shape[0]}, {text.shape[0]}, {n})")
     paths = shard_paths(root, index)
     _atomic_save_npy(paths["img"], image)
     _atomic_save_npy(paths["text"], text)
+    if stems is not None:
+        _atomic_save_npy(paths["stem"], stems)
     table = pa.table({"key": pa.array(rows["key"], pa.string()),
                       "caption": pa.array(rows["caption"], pa.string()),
                       "source": pa.array(rows["source"], pa.string()),
@@ -111,8 +118,12 @@ class FeatureStore:
     def __len__(self) -> int:
         return self.num_rows
 
+    def has(self, kind: str) -> bool:
+        """Whether every shard holds ``kind`` (stems are optional)."""
+        return all(shard_paths(self.root, s.index)[kind].exists() for s in self.shards)
+
     def array(self, kind: str, index: int) -> np.ndarray:
-        """``kind`` is "img" or "text"; memory-mapped, so only the rows touched are read."""
+        """``kind`` is "img", "text" or "stem"; memory-mapped, so only the rows touched are read."""
         arr = np.load(shard_paths(self.root, index)[kind], mmap_mode="r")
         info = next(s for s in self.shards if s.index == index)
         if arr.shape[0] != info.rows:

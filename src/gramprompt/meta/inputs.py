@@ -2,8 +2,9 @@
 
 Text-only methods (CoOp, CoCoOp) read the frozen image features the CHC feature store already
 holds. Methods whose prompts enter the image encoder (VPT, UNIGRAM) need the encoder's input:
-the backbone's cacheable stem when it has one (the default backbone), else pixels; those are
-computed on first use per row and kept, since tasks revisit the same images many times.
+the backbone's cacheable stem when it has one (the default backbone), read from the store when
+its features stage kept them, else pixels or stems computed on first use per row and kept, since
+tasks revisit the same images many times.
 """
 from __future__ import annotations
 
@@ -20,22 +21,29 @@ from gramprompt.prompts.base import Batch
 
 
 class FeatureInputs:
-    """Frozen image features of store rows, all in memory on the backbone's device."""
+    """Frozen image features (or stems) of store rows, all in memory on the backbone's device.
 
-    kind = "features"
+    Stems are kept in float16 (a default-backbone stem is 12928 values) and cast per batch."""
 
-    def __init__(self, features: Tensor):
-        self.features = features
+    def __init__(self, features: Tensor, kind: str = "features", dtype: torch.dtype = torch.float32):
+        self.features, self.kind, self.dtype = features, kind, dtype
 
     @classmethod
-    def from_store(cls, store, rows: np.ndarray, device: torch.device | str = "cpu") -> FeatureInputs:
-        """Features for every store row (``rows`` = the rows that can appear in tasks)."""
-        feats = torch.zeros(len(store), store.dim("img"))
-        feats[torch.from_numpy(np.asarray(rows))] = torch.from_numpy(store.gather("img", rows))
-        return cls(feats.to(device))
+    def from_store(cls, store, rows: np.ndarray, device: torch.device | str = "cpu",
+                   kind: str = "features", dtype: torch.dtype = torch.float32) -> FeatureInputs:
+        """Every store row's features (``kind="stems"``: stems; ``rows`` = the rows that can appear
+        in tasks, the others stay zero)."""
+        array, keep = ("img", torch.float32) if kind == "features" else ("stem", torch.float16)
+        values = torch.zeros(len(store), store.dim(array), dtype=keep)
+        rows = np.asarray(rows)
+        for start in range(0, len(rows), 4096):  # gather returns float32: bound the temporary
+            part = rows[start:start + 4096]
+            values[torch.from_numpy(part)] = torch.from_numpy(store.gather(array, part)).to(keep)
+        return cls(values.to(device), kind, dtype)
 
     def batch(self, rows: np.ndarray) -> Batch:
-        return Batch(features=self.features[torch.from_numpy(np.asarray(rows))])
+        values = self.features[torch.from_numpy(np.asarray(rows))].to(self.dtype)
+        return Batch(**{self.kind: values})
 
 
 class ImageInputs:

@@ -26,10 +26,15 @@ GRAM_FILE = "gram.safetensors"
 
 
 def task_inputs(method, hierarchy: Hierarchy):
-    """Cached store features for text-only methods, else stems/pixels decoded on first use."""
+    """Cached store features for text-only methods; the store's stems for visual-prompt methods
+    when it kept them (``FeatureConfig.stems``), else stems/pixels decoded on first use."""
+    bb, rows = method.backbone, hierarchy.rows[hierarchy.kept]
     if not method.uses_pixels:
-        return FeatureInputs.from_store(hierarchy.store(), hierarchy.rows[hierarchy.kept], method.backbone.device)
-    return ImageInputs(method.backbone, hierarchy.sources)
+        return FeatureInputs.from_store(hierarchy.store(), rows, bb.device)
+    store = hierarchy.store()
+    if bb.cache_stems and store.has("stem"):
+        return FeatureInputs.from_store(store, rows, bb.device, kind="stems", dtype=bb.dtype)
+    return ImageInputs(bb, hierarchy.sources)
 
 
 def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig):
