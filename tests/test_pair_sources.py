@@ -431,6 +431,12 @@ def test_open_pair_source_wraps_offline_lists(monkeypatch: pytest.MonkeyPatch, t
     assert isinstance(source, ListPairSource) and source.name == "noto-emoji"
     assert source.num_shards() == 3
     assert _all_pairs(source) == fake
+    subset = open_pair_source("noto-emoji:2", shard_size=2)  # evenly spaced: items 0 and 5 // 2
+    assert subset.name == "noto-emoji:2" and _all_pairs(subset) == [fake[0], fake[2]]
+    assert _all_pairs(open_pair_source("noto-emoji:9")) == fake
+    for bad in ("noto-emoji:0", "noto-emoji:x"):
+        with pytest.raises(DatasetError, match="N >= 1"):
+            open_pair_source(bad)
 
 
 # --------------------------------------------------------------------------- list source, captions

@@ -28,7 +28,7 @@ PAIR_SOURCES: dict[str, Callable[[], list[ImageTextPair]]] = {
 }
 
 PAIR_SPECS = (
-    "openclipart | noto-emoji | folder:PATH (a captions.jsonl/.csv/.parquet file with columns "
+    "openclipart | noto-emoji (NAME:N: an evenly spaced subset of N pairs) | folder:PATH (a captions.jsonl/.csv/.parquet file with columns "
     "path, caption[, key], or a folder holding one) | wds:GLOB (WebDataset .tar shards; "
     "{000..009} ranges allowed)"
 )
@@ -39,6 +39,12 @@ def open_pair_source(spec: str, shard_size: int = 1000) -> PairSource:
     if spec in PAIR_SOURCES:
         return ListPairSource(spec, PAIR_SOURCES[spec](), shard_size)
     kind, sep, arg = spec.partition(":")
+    if kind in PAIR_SOURCES and sep:
+        if not arg.isdigit() or int(arg) < 1:
+            raise DatasetError(f"{spec!r}: expected {kind}:N with N >= 1 pairs")
+        pairs = PAIR_SOURCES[kind]()
+        n = min(int(arg), len(pairs))  # evenly spaced, so a subset still spans every folder/category
+        return ListPairSource(spec, [pairs[i * len(pairs) // n] for i in range(n)], shard_size)
     if sep and arg and kind == "folder":
         return FolderPairSource(arg, shard_size, name=spec)
     if sep and arg and kind == "wds":
