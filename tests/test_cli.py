@@ -110,16 +110,52 @@ def test_unknown_method_lists_the_valid_ones(capsys):
     assert "coop" in capsys.readouterr().err
 
 
-def test_quick_demo_runs_and_reuses_finished_runs(tiny_clip_dir, tmp_path, capsys):
-    argv = ["demo", "--quick", "--backbone", f"hf:{tiny_clip_dir}", "--datasets", "digits",
-            "--methods", "zeroshot", "coop", "vpt", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "## Zero-shot, all classes" in out and "| digits | vpt |" in out
-    assert json.loads((tmp_path / "zeroshot.json").read_text())[0]["classes"] == 10
-    first = (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns
-    assert main(argv) == 0
-    assert (tmp_path / "runs" / "digits" / "coop" / "seed1" / "summary.json").stat().st_mtime_ns == first
+def _caption_folder(root, topics=6, per_topic=14):
+    """Image-caption pairs with ``topics`` caption topics, each drawn in two colours (two domains)."""
+    root.mkdir(parents=True)
+    words = ["sailing boat", "pine forest", "red apple", "city street", "snowy mountain", "cat portrait"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(topics * per_topic):
+        t, d = i % topics, (i // topics) % 2
+        colour = np.array([40 + 30 * t, 200 - 25 * t, 60 + 120 * d])
+        pixels = np.clip(colour + rng.normal(0, 8, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "caption": f"{words[t]} photo number {i}"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_path):
+    from dataclasses import replace
+
+    from gramprompt.chc.config import CHCConfig, DomainConfig, FeatureConfig, TopicConfig
+    from gramprompt.demo import TABLE1, DemoConfig, run_demo
+    from gramprompt.meta.tasks import TaskConfig
+    from gramprompt.meta.trainer import MetaConfig
+    from gramprompt.tuning.config import TuneConfig
+
+    pairs = _caption_folder(tmp_path / "pairs")
+    chc = CHCConfig(FeatureConfig(stems=True), topics=TopicConfig(umap_neighbors=8, min_cluster_size=8),
+                    domains=DomainConfig(domains=2, min_domain_size=3))
+    meta = MetaConfig(iterations=2, task_batch=2, tasks=TaskConfig(ways=3, support_shots=2, query_shots=2))
+    cfg = DemoConfig.quick(out=tmp_path / "demo", backbone=f"hf:{tiny_clip_dir}", pairs=f"folder:{pairs}",
+                           datasets=("digits",), chc=chc, meta=meta, max_test_per_class=5, shots=2,
+                           tune=TuneConfig(epochs=1, batch_size=2, warmup_epochs=0, feature_views=1))
+    report = run_demo(cfg)
+    assert "Table 1" in report and "6 topics" in report
+    for row in TABLE1:
+        assert f"| {row.title} |" in report
+    summary = tmp_path / "demo" / "runs" / "digits"
+    gram_row = json.loads((summary / "coop+gram" / "seed1" / "summary.json").read_text())
+    assert gram_row["label"] == "coop+gram" and gram_row["init"].endswith("meta/coop/gram.safetensors")
+    stamps = {p: p.stat().st_mtime_ns for p in [*summary.rglob("summary.json"), *(tmp_path / "demo").glob("*/*/gram.*")]}
+    assert len(stamps) == 7 + 3  # one run per row; checkpoints of coop, vpt, unigram
+    run_demo(cfg)  # a second run reuses every stage
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    run_demo(replace(cfg, meta=replace(meta, inner_lr=0.05)))  # new meta-settings: GRAM rows only are redone
+    changed = {p.parent.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t and p.name == "summary.json"}
+    assert changed == {"coop+gram", "vpt+gram", "unigram"}
 
 
 def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tmp_path):

@@ -132,12 +132,15 @@ def cmd_make_random_clip(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_ablations, run_demo
 
-    overrides = {k: v for k, v in {"out": a.out, "backbone": a.backbone, "datasets": a.datasets, "methods": a.methods,
-                                   "seeds": a.seeds}.items() if v is not None}
+    overrides = {k: v for k, v in {"out": a.out, "backbone": a.backbone, "pairs": a.pairs}.items() if v is not None}
+    if a.datasets is not None:
+        overrides["datasets"] = tuple(a.datasets)
+    if a.seeds is not None:
+        overrides["seeds"] = tuple(a.seeds)
     cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
-    print(run_demo(cfg, device=_device(a.device)))
+    print((run_ablations if a.ablations else run_demo)(cfg, device=_device(a.device)))
     return 0
 
 
@@ -339,15 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d_meta.seed)
     p.set_defaults(fn=cmd_meta_train)
 
-    p = sub.add_parser("demo", help="offline demo: zero-shot and base-to-new prompt tuning on the offline datasets")
-    p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")
-    p.add_argument("--out", type=Path, default=None, help="demo folder (default runs/demo); finished runs are reused")
-    p.add_argument("--backbone", default=None, help="backbone spec (default: the shipped offline backbone)")
-    p.add_argument("--datasets", nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), metavar="METHOD")
-    p.add_argument("--seeds", nargs="+", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.set_defaults(fn=cmd_demo)
+    for name, ablations, text in (
+            ("demo", False, "offline GRAM pipeline: CHC on openclipart, meta-training, then the paper's Table 1 "
+                            "(base-to-new) for CLIP, CoCoOp, CoOp, CoOp+GRAM, VPT, VPT+GRAM and UNIGRAM"),
+            ("ablations", True, "the demo's pipeline for the paper's Table 6 (ablations of UNIGRAM) and Table 7 "
+                                "(prompt token counts)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")
+        p.add_argument("--out", type=Path, default=None,
+                       help="folder (default runs/demo, runs/demo-quick with --quick); stages and runs with "
+                            "unchanged settings are reused")
+        p.add_argument("--backbone", default=None, help="backbone spec (default: the shipped offline backbone)")
+        p.add_argument("--pairs", default=None, help="image-text pairs for CHC (default openclipart; see gram chc)")
+        p.add_argument("--datasets", nargs="+", default=None)
+        p.add_argument("--seeds", nargs="+", type=int, default=None)
+        p.add_argument("--device", default=None)
+        p.set_defaults(fn=cmd_demo, ablations=ablations)
     return parser
 
 

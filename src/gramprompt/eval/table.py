@@ -106,6 +106,35 @@ def base2new_table(summaries: Sequence[dict]) -> str:
     return _markdown(["Dataset", "Method", "Base", "New", "H", "seeds"], rows)
 
 
+def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], datasets: Sequence[str]) -> str:
+    """The GRAM paper's Table 1 layout: one row per method (``(label, title)`` pairs, in order),
+    Base / New / H averaged over datasets first, then each dataset's mean over seeds.
+
+    A row's average needs every dataset (else "–"): an average over a subset would not compare."""
+    runs = [s for s in summaries if protocol(s) == BASE2NEW]
+    out = []
+    for label, title in rows:
+        cells, means = [], []
+        for ds in datasets:
+            group = [s for s in runs if s["dataset"] == ds and row_label(s) == label]
+            if not group:
+                cells.append("–")
+                continue
+            _check_group(group, f"{ds}/{label}")
+            b = mean_std(float(s["base"]) for s in group)[0]
+            n = mean_std(float(s["new"]) for s in group)[0]
+            means.append((b, n))
+            cells.append(f"{b:.2f} / {n:.2f} / {harmonic_mean(b, n):.2f}")
+        if means and len(means) == len(datasets):
+            b, n = (mean_std(m[i] for m in means)[0] for i in (0, 1))
+            avg = [f"{b:.2f}", f"{n:.2f}", f"**{harmonic_mean(b, n):.2f}**"]
+        else:
+            avg = ["–", "–", "–"]
+        out.append([title, *avg, *cells])
+    header = ["Method", "Avg Base", "Avg New", "Avg H", *(f"{d} (B / N / H)" for d in datasets)]
+    return _markdown(header, out)
+
+
 def transfer_table(summaries: Sequence[dict]) -> str:
     """Per source/target-set table: Method | <source> | targets... | Average (over targets).
 
