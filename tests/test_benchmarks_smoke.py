@@ -24,3 +24,11 @@ def test_chc_benchmark_prints_its_tables(tmp_path):
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "| stage | pairs | seconds | pairs/s |" in out and "peak RSS" in out and "speed ratio" in out
     assert (tmp_path / "chc.json").is_file()
+
+
+def test_meta_step_benchmark_prints_its_table(tmp_path):
+    # one thread: on 2 shared cores torch's default threading makes tiny ops crawl
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_meta_step.py"), "--quick", "--threads", "1",
+                          "--repeats", "1", "--no-default", "--checkpoint", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| speed-up vs loop |" in out and "% of matmul rate" in out and "batched" in out

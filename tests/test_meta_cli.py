@@ -13,6 +13,7 @@ from gramprompt.chc.hierarchy import Hierarchy, Topic
 from gramprompt.chc.synthetic import topic_word, write_mixture
 from gramprompt.cli import main
 from gramprompt.meta.checkpoint import load_gram
+from gramprompt.prompts import PromptConfig, build_method
 
 
 def small_hierarchy(root, image_dim: int, images: bool = False) -> Hierarchy:
@@ -65,8 +66,10 @@ def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method,tokens", [("vpt", ["--visual-tokens", "4"]),
-                                           ("joint", ["--text-tokens", "2", "--visual-tokens", "2"])])  # UNIGRAM
-def test_meta_train_methods_with_visual_prompts(tiny_clip_dir, tmp_path, method, tokens):
+                                           ("vpt-deep", ["--visual-tokens", "2", "--visual-depth", "2"]),
+                                           ("joint", ["--text-tokens", "2", "--visual-tokens", "2"]),  # UNIGRAM
+                                           ("cocoop", ["--text-tokens", "2"])])
+def test_meta_train_any_prompt_method(tiny_clip_dir, tmp_path, method, tokens):
     backbone = load_backbone(f"hf:{tiny_clip_dir}")
     small_hierarchy(tmp_path, backbone.embed_dim, images=True)
     out = tmp_path / "meta"
@@ -74,9 +77,17 @@ def test_meta_train_methods_with_visual_prompts(tiny_clip_dir, tmp_path, method,
                  "--method", method, "--out", str(out), "--iterations", "2", "--task-batch", "1", "--ways", "2",
                  "--support-shots", "2", "--query-shots", "2", "--stats-every", "1", *tokens]) == 0
     theta, phi, info = load_gram(out / "gram.safetensors")
-    assert theta["visual_ctx"].shape[-2:] == (int(tokens[-1]), backbone.vision_width)
+    if method == "cocoop":  # context and meta-net, each tensor regulated
+        assert theta["text_ctx"].shape == (2, backbone.text_width) and "meta_w1" in theta
+    else:
+        assert theta["visual_ctx"].shape[-2:] == (int(tokens[3 if method == "joint" else 1]), backbone.vision_width)
+    if method == "vpt-deep":
+        assert theta["visual_ctx"].shape[0] == 2
     groups = {k.split(".")[0] for k in phi}
-    assert groups == set(theta)  # one regulator per prompt group: text and visual for UNIGRAM
+    assert groups == set(theta)  # one regulator per prompt tensor: text and visual for UNIGRAM
+    fresh = build_method(method, backbone, PromptConfig(text_tokens=2, visual_tokens=int(tokens[1]), visual_depth=(
+        2 if method == "vpt-deep" else None))).init_params(torch.Generator().manual_seed(0))
+    assert any(not torch.equal(theta[k], fresh[k]) for k in theta)  # meta-training moved theta
 
 
 def test_supervised_meta_training_ablation(tiny_clip_dir, tmp_path):

@@ -106,3 +106,15 @@ def test_registry_and_templates(backbone):
     assert template_for("EuroSAT") == "a centered satellite photo of {}."
     assert template_for("DTD") == "{} texture."
     assert template_for("digits") == "a photo of a {}."
+
+
+def test_class_token_cache_is_bounded_and_recomputes_the_same_tokens(backbone):
+    from gramprompt.prompts.text import TextCache
+
+    cache = TextCache(backbone)
+    first = cache.class_tokens(["cat", "dog"])
+    for i in range(TextCache.MAX_CLASS_SETS + 5):  # meta-training: a new class set per task
+        cache.class_tokens([f"thing{i}", "dog"])
+    assert len(cache._tokens) == TextCache.MAX_CLASS_SETS and ("cat", "dog") not in cache._tokens
+    again = cache.class_tokens(["cat", "dog"])
+    assert again is not first and torch.equal(again.embeds, first.embeds) and torch.equal(again.lengths, first.lengths)

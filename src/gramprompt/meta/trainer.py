@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import Task, TaskConfig, TaskSampler
@@ -44,6 +45,7 @@ class MetaConfig:
     stats_every: int = 10  # before/after and alignment statistics cost an extra backward per task
     checkpoint_every: int = 50
     seed: int = 0
+    batched: bool = True  # one text-encoder forward for all tasks' classes where the method allows (meta.batched)
     tasks: TaskConfig = field(default_factory=TaskConfig)
     regulator: RegulatorConfig = field(default_factory=RegulatorConfig)
 
@@ -87,8 +89,9 @@ class MetaTrainer:
             loss = sum(task_loss(self.method, state.theta, t.support, t.support_y, t.classnames)[0]
                        + task_loss(self.method, state.theta, t.query, t.query_y, t.classnames)[0] for t in tasks)
             return loss, None
-        return meta_loss(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
-                         cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats, cfg.regulator.scale_invariant)
+        loss_fn = batched_meta_loss if cfg.batched and supports_batched(self.method) else meta_loss
+        return loss_fn(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
+                       cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats, cfg.regulator.scale_invariant)
 
     def run(self) -> MetaState:
         cfg = self.cfg

@@ -7,6 +7,7 @@ placeholder word like "X" happens to be tokenized.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -42,19 +43,27 @@ def splice_context(tokens: ClassNameTokens, ctx: Tensor) -> tuple[Tensor, Tensor
 class TextCache:
     """Per-backbone caches of everything on the text side that does not depend on learned params."""
 
+    # class sets kept (least recently used dropped): meta-training draws a new set for almost every
+    # task, and tokens are cheap to recompute, so an unbounded cache would only grow
+    MAX_CLASS_SETS = 256
+
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
-        self._tokens: dict[tuple[str, ...], ClassNameTokens] = {}
+        self._tokens: OrderedDict[tuple[str, ...], ClassNameTokens] = OrderedDict()
         self._features: dict[tuple[str, tuple[str, ...]], Tensor] = {}
 
     def class_tokens(self, classnames: list[str]) -> ClassNameTokens:
         key = tuple(classnames)
-        if key not in self._tokens:
-            tok = self.backbone.tokenize([f"{name}." for name in classnames])
-            n = int(tok.lengths.max())
-            with torch.no_grad():
-                emb = self.backbone.token_embeddings(tok.ids[:, :n])
-            self._tokens[key] = ClassNameTokens(emb, tok.lengths)
+        if key in self._tokens:
+            self._tokens.move_to_end(key)
+            return self._tokens[key]
+        tok = self.backbone.tokenize([f"{name}." for name in classnames])
+        n = int(tok.lengths.max())
+        with torch.no_grad():
+            emb = self.backbone.token_embeddings(tok.ids[:, :n])
+        self._tokens[key] = ClassNameTokens(emb, tok.lengths)
+        if len(self._tokens) > self.MAX_CLASS_SETS:
+            self._tokens.popitem(last=False)
         return self._tokens[key]
 
     def template_features(self, classnames: list[str], template: str) -> Tensor:
