@@ -24,7 +24,7 @@ def data(backbone):
 
 
 def config(**kw) -> MetaConfig:
-    return MetaConfig(iterations=6, task_batch=2, checkpoint_every=3, stats_every=2, **kw)
+    return MetaConfig(**{"iterations": 6, "task_batch": 2, "checkpoint_every": 3, "stats_every": 2, **kw})
 
 
 def test_killed_run_resumes_to_the_same_result(backbone, data, tmp_path):
@@ -47,6 +47,10 @@ def test_killed_run_resumes_to_the_same_result(backbone, data, tmp_path):
         assert torch.equal(whole.phi[name], resumed.phi[name])
     assert not torch.equal(whole.theta["text_ctx"], method.init_params(torch.Generator().manual_seed(0))["text_ctx"])
     assert {"alignment", "query_acc_after"} <= set(logs[-1])
+    with pytest.raises(ValueError, match="inner_lr"):  # other settings would silently mix two runs
+        MetaTrainer(method, sampler, inputs, config(inner_lr=0.5), tmp_path / "resumed").run()
+    longer = MetaTrainer(method, sampler, inputs, config(iterations=7), tmp_path / "resumed").run()
+    assert longer.iteration == 7  # more iterations may be asked of a finished run
 
 
 def test_non_finite_batches_are_skipped_and_counted(backbone, data, tmp_path):

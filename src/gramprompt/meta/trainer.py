@@ -148,6 +148,7 @@ class MetaTrainer:
         rng = np.random.default_rng(self.cfg.seed)
         extra = None
         if (ckpt / "params.safetensors").exists():
+            self._check_same_run(ckpt / "config.json")
             tensors = load_file(ckpt / "params.safetensors", device=str(self.method.backbone.device))
             # the optimizer state is positional: keep the initial order of the tensors
             state.theta = {k: tensors[f"theta.{k}"] for k in state.theta}
@@ -162,6 +163,20 @@ class MetaTrainer:
         if extra is not None:
             opt.load_state_dict(extra["optimizer"])
         return state, opt, rng
+
+    # settings a resumed run may change: how long, how often it logs and saves, the loss's batching
+    RESUMABLE_CHANGES = ("iterations", "stats_every", "checkpoint_every", "batched")
+
+    def _check_same_run(self, path: Path) -> None:
+        """Refuse to resume a checkpoint written with other settings: the result would mix two runs."""
+        if not path.exists():
+            return
+        saved, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
+        diff = sorted(k for k in set(saved) | set(now)
+                      if k not in self.RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+        if diff:
+            raise ValueError(f"{self.out} holds a checkpoint meta-trained with other settings ({', '.join(diff)}: "
+                             f"{ {k: saved.get(k) for k in diff} }); use another --out or delete it")
 
     def _save(self, state: MetaState, opt: torch.optim.Optimizer, rng: np.random.Generator) -> None:
         ckpt = self.out / "checkpoint"
