@@ -180,3 +180,22 @@ def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tm
     plain = prompts("half", "plain", "--no-regulator")
     torch.testing.assert_close(prompts("id", "identity"), plain)  # identity R_phi == plain SGD
     assert not torch.allclose(prompts("half", "half"), plain, atol=1e-6)
+
+
+def test_ablation_rows_change_exactly_one_thing_against_unigram():
+    from dataclasses import asdict
+
+    from gramprompt.demo import TABLE6, TABLE7, VARIANTS, DemoConfig, _variant_meta
+
+    cfg = DemoConfig()
+    full = asdict(_variant_meta(cfg, VARIANTS["unigram"], True))
+    expected = {"unigram-no-shift": {"tasks"}, "unigram-no-regulator": {"use_regulator"},
+                "unigram-pretrain": {"mode"}, "unigram-supervised": set()}
+    for row in TABLE6[1:-1]:
+        v = VARIANTS[row.variant]
+        meta = asdict(_variant_meta(cfg, v, True))
+        assert {k for k in full if meta[k] != full[k]} == expected[row.variant], row.variant
+        assert v.prompt == VARIANTS["unigram"].prompt and v.method == "joint"
+    assert VARIANTS["unigram-supervised"].supervised == "clipart-categories"  # labelled, like the paper's WebVision
+    assert TABLE6[-1].variant is None and TABLE6[-1].prompt == VARIANTS["unigram"].prompt  # joint tuning, no GRAM
+    assert [r.prompt.text_tokens + r.prompt.visual_tokens for r in TABLE7] == [2, 4, 6, 8]

@@ -140,7 +140,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.seeds is not None:
         overrides["seeds"] = tuple(a.seeds)
     cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
-    print((run_ablations if a.ablations else run_demo)(cfg, device=_device(a.device)))
+    if a.ablations:
+        print(run_ablations(cfg, device=_device(a.device), tables=tuple(a.tables)))
+    else:
+        print(run_demo(cfg, device=_device(a.device)))
     return 0
 
 
@@ -357,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--datasets", nargs="+", default=None)
         p.add_argument("--seeds", nargs="+", type=int, default=None)
         p.add_argument("--device", default=None)
+        if ablations:
+            p.add_argument("--tables", nargs="+", type=int, choices=[6, 7], default=[6, 7],
+                           help="which of the paper's tables to compute")
         p.set_defaults(fn=cmd_demo, ablations=ablations)
     return parser
 
