@@ -124,7 +124,7 @@ class DemoConfig:
         chc = CHCConfig(features=FeatureConfig(stems=True))
         return cls(**{"out": Path("runs/demo-quick"), "datasets": ("emoji-groups", "digits"), "seeds": (1,),
                       "max_test_per_class": 20, "tune": TuneConfig(epochs=2, batch_size=4),
-                      "pairs": "openclipart:600", "chc": chc, "meta": replace(demo_meta_config(), iterations=40),
+                      "pairs": "openclipart:400", "chc": chc, "meta": replace(demo_meta_config(), iterations=20),
                       **overrides})
 
 
