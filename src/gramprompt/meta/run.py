@@ -7,6 +7,7 @@ before/after query statistics and the support-query gradient alignment every ``s
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from gramprompt.prompts import PromptConfig, build_method
 from gramprompt.runs import RunDir
 
 GRAM_FILE = "gram.safetensors"
+logger = logging.getLogger(__name__)
 
 
 def task_inputs(method, hierarchy: Hierarchy):
@@ -68,6 +70,10 @@ def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, 
         origin = {"supervised": str(source), "classes": len(sampler.names)}
     else:
         hierarchy = Hierarchy.load(source)
+        made_with = hierarchy.info.get("backbone")
+        if made_with is not None and made_with != backbone.name:
+            logger.warning("%s was clustered with backbone %s, not %s: its stored image features come from "
+                           "another image encoder", source, made_with, backbone.name)
         sampler, inputs = TaskSampler.from_hierarchy(hierarchy, cfg.tasks), task_inputs(method, hierarchy)
         origin = {"hierarchy": str(source), "topics": len(hierarchy.topics)}
     run = RunDir.create(out, {"protocol": "meta-train", **origin, "backbone": backbone.name, "method": method_name,
