@@ -29,8 +29,8 @@ PAIR_SOURCES: dict[str, Callable[[], list[ImageTextPair]]] = {
 
 PAIR_SPECS = (
     "openclipart | noto-emoji (NAME:N: an evenly spaced subset of N pairs) | folder:PATH (a "
-    "captions.jsonl/.csv/.parquet file with columns path, caption[, key], or a folder holding one) | wds:GLOB (WebDataset .tar shards; "
-    "{000..009} ranges allowed)"
+    "captions.jsonl/.csv/.parquet file with columns path, caption[, key], or a folder holding one) | "
+    "wds:GLOB (WebDataset .tar shards; {000..009} ranges allowed)"
 )
 
 
