@@ -188,12 +188,12 @@ def test_ablation_rows_change_exactly_one_thing_against_unigram():
     from gramprompt.demo import TABLE6, TABLE7, VARIANTS, DemoConfig, _variant_meta
 
     cfg = DemoConfig()
-    full = asdict(_variant_meta(cfg, VARIANTS["unigram"], True))
+    full = asdict(_variant_meta(cfg, VARIANTS["unigram"]))
     expected = {"unigram-no-shift": {"tasks"}, "unigram-no-regulator": {"use_regulator"},
                 "unigram-pretrain": {"mode"}, "unigram-supervised": set()}
     for row in TABLE6[1:-1]:
         v = VARIANTS[row.variant]
-        meta = asdict(_variant_meta(cfg, v, True))
+        meta = asdict(_variant_meta(cfg, v))
         assert {k for k in full if meta[k] != full[k]} == expected[row.variant], row.variant
         assert v.prompt == VARIANTS["unigram"].prompt and v.method == "joint"
     assert VARIANTS["unigram-supervised"].supervised == "clipart-categories"  # labelled, like the paper's WebVision

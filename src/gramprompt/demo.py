@@ -115,8 +115,6 @@ class DemoConfig:
     pairs: str = "openclipart"
     chc: CHCConfig = field(default_factory=lambda: CHCConfig(features=FeatureConfig(stems=True)))
     meta: MetaConfig = field(default_factory=demo_meta_config)
-    # visual-prompt meta-steps cost more than CoOp's cached-feature ones: fewer iterations keep the demo short
-    visual_iterations: int | None = None
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
@@ -158,21 +156,17 @@ def hierarchy_stage(cfg: DemoConfig, backbone) -> Path:
     return out
 
 
-def _variant_meta(cfg: DemoConfig, v: Variant, method_uses_pixels: bool) -> MetaConfig:
-    meta = cfg.meta
-    if method_uses_pixels and cfg.visual_iterations is not None:
-        meta = replace(meta, iterations=cfg.visual_iterations)
-    return replace(meta, mode=v.mode, use_regulator=v.use_regulator,
-                   tasks=replace(meta.tasks, domain_shift=v.domain_shift))
+def _variant_meta(cfg: DemoConfig, v: Variant) -> MetaConfig:
+    return replace(cfg.meta, mode=v.mode, use_regulator=v.use_regulator,
+                   tasks=replace(cfg.meta.tasks, domain_shift=v.domain_shift))
 
 
 def meta_stage(cfg: DemoConfig, backbone, name: str, hierarchy: Path) -> Path:
     """The variant's ``gram.safetensors``, meta-trained unless an identical run already wrote it."""
     from .meta.run import GRAM_FILE, meta_train
-    from .prompts import build_method
 
     v = VARIANTS[name]
-    meta = _variant_meta(cfg, v, build_method(v.method, backbone, v.prompt).uses_pixels)
+    meta = _variant_meta(cfg, v)
     out = cfg.out / "meta" / name
     settings = {"source": v.supervised or str(hierarchy), "method": v.method, "prompt": asdict(v.prompt),
                 "meta": asdict(meta)}
