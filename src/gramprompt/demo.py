@@ -118,11 +118,10 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
-        """The same pipeline at reduced size, for a smoke run (< 5 minutes on 2 cores)."""
-        chc = CHCConfig(features=FeatureConfig(stems=True))
+        """The same pipeline at reduced size, for a smoke run (meant to take under 5 minutes on 2 cores)."""
         return cls(**{"out": Path("runs/demo-quick"), "datasets": ("emoji-groups", "digits"), "seeds": (1,),
                       "max_test_per_class": 20, "tune": TuneConfig(epochs=2, batch_size=4),
-                      "pairs": "openclipart:400", "chc": chc, "meta": replace(demo_meta_config(), iterations=20),
+                      "pairs": "openclipart:400", "meta": replace(demo_meta_config(), iterations=20),
                       **overrides})
 
 
