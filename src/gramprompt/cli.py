@@ -134,11 +134,9 @@ def cmd_make_random_clip(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_ablations, run_demo
 
-    overrides = {k: v for k, v in {"out": a.out, "backbone": a.backbone, "pairs": a.pairs}.items() if v is not None}
-    if a.datasets is not None:
-        overrides["datasets"] = tuple(a.datasets)
-    if a.seeds is not None:
-        overrides["seeds"] = tuple(a.seeds)
+    given = {"out": a.out, "backbone": a.backbone, "pairs": a.pairs,
+             "datasets": a.datasets and tuple(a.datasets), "seeds": a.seeds and tuple(a.seeds)}
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
     if a.ablations:
         print(run_ablations(cfg, device=_device(a.device), tables=tuple(a.tables)))

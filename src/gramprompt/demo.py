@@ -140,13 +140,14 @@ def hierarchy_stage(cfg: DemoConfig, backbone) -> Path:
     settings = {"pairs": cfg.pairs, "backbone": cfg.backbone, "chc": cfg.chc.to_dict()}
     if (out / "hierarchy.parquet").is_file() and _same_config(out / "demo.yaml", settings):
         return out
+    feature_settings = settings | {"chc": asdict(cfg.chc.features)}
     if out.exists():  # keep the (costly) features when only the clustering settings changed
-        same_features = _same_config(out / "features.yaml", settings | {"chc": asdict(cfg.chc.features)})
+        same_features = _same_config(out / "features.yaml", feature_settings)
         for p in out.iterdir():
             if not (same_features and p.name in ("features", "features.yaml")):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "features.yaml").write_text(yaml.safe_dump(settings | {"chc": asdict(cfg.chc.features)}))
+    (out / "features.yaml").write_text(yaml.safe_dump(feature_settings))
     start = time.perf_counter()
     h = run_chc(cfg.pairs, cfg.backbone, out, cfg.chc, backbone=backbone)
     (out / "demo.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -188,9 +189,8 @@ def _sha256(path: Path) -> str:
 
 
 def rows_stage(cfg: DemoConfig, backbone, rows: tuple[Row, ...], checkpoints: dict[str, Path],
-               cache: FeatureCache) -> None:
+               datasets: dict, cache: FeatureCache) -> None:
     """Base-to-new runs of every row, dataset and seed; finished runs with the same config are kept."""
-    datasets = {name: load_dataset(name) for name in cfg.datasets}
     jobs = [(d, r, s) for d in cfg.datasets for r in rows for s in cfg.seeds]
     for name, row, seed in tqdm(jobs, desc="base-to-new runs"):
         init = checkpoints[row.variant] if row.variant else None
@@ -232,9 +232,10 @@ def _pipeline(cfg: DemoConfig, tables: list[tuple[str, tuple[Row, ...]]], device
     variants = list(dict.fromkeys(r.variant for r in rows if r.variant))
     checkpoints = {v: meta_stage(cfg, backbone, v, hierarchy) for v in variants}
     cache = FeatureCache(backbone)
-    rows_stage(cfg, backbone, rows, checkpoints, cache)
-    zs = [zero_shot_all_classes(backbone, load_dataset(d), max_per_class=cfg.max_test_per_class, cache=cache)
-          for d in cfg.datasets]
+    datasets = {name: load_dataset(name) for name in cfg.datasets}
+    rows_stage(cfg, backbone, rows, checkpoints, datasets, cache)
+    zs = [zero_shot_all_classes(backbone, ds, max_per_class=cfg.max_test_per_class, cache=cache)
+          for ds in datasets.values()]
     (cfg.out / "zeroshot.json").write_text(json.dumps(zs, indent=2) + "\n")
     h = Hierarchy.load(hierarchy)
     report = (f"Meta-training data: CHC on `{cfg.pairs}`: {len(h.topics)} topics over {int(h.kept.sum())} pairs.\n\n"

@@ -79,6 +79,19 @@ def _seeds(runs: list[dict]) -> str:
     return ", ".join(str(s) for s in sorted(r.get("seed") for r in runs if r.get("seed") is not None))
 
 
+def _seed_group(runs: Sequence[dict], dataset: str, label: str) -> list[dict]:
+    """The runs of one table cell (a dataset and a row label), checked to be repeats of one experiment."""
+    group = [s for s in runs if s["dataset"] == dataset and row_label(s) == label]
+    if group:
+        _check_group(group, f"{dataset}/{label}")
+    return group
+
+
+def _means(group: Sequence[dict]) -> tuple[float, float]:
+    """Mean Base and mean New over the seeds of a cell."""
+    return mean_std(float(s["base"]) for s in group)[0], mean_std(float(s["new"]) for s in group)[0]
+
+
 def base2new_table(summaries: Sequence[dict]) -> str:
     """Dataset | Method | Base | New | H | seeds, followed by per-method Average rows."""
     runs = [s for s in summaries if protocol(s) == BASE2NEW]
@@ -88,15 +101,13 @@ def base2new_table(summaries: Sequence[dict]) -> str:
     per_method: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
     for ds in datasets:
         for m in methods:
-            group = [s for s in runs if s["dataset"] == ds and row_label(s) == m]
+            group = _seed_group(runs, ds, m)
             if not group:
                 continue
-            _check_group(group, f"{ds}/{m}")
-            base = [float(s["base"]) for s in group]
-            new = [float(s["new"]) for s in group]
-            b, n = mean_std(base)[0], mean_std(new)[0]
+            b, n = _means(group)
             per_method[m].append((b, n))
-            rows.append([ds, m, _cell(base), _cell(new), f"{harmonic_mean(b, n):.2f}", _seeds(group)])
+            rows.append([ds, m, _cell([float(s["base"]) for s in group]), _cell([float(s["new"]) for s in group]),
+                         f"{harmonic_mean(b, n):.2f}", _seeds(group)])
     for m in methods:
         pairs = per_method[m]
         b = mean_std(p[0] for p in pairs)[0]
@@ -116,13 +127,11 @@ def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], data
     for label, title in rows:
         cells, means = [], []
         for ds in datasets:
-            group = [s for s in runs if s["dataset"] == ds and row_label(s) == label]
+            group = _seed_group(runs, ds, label)
             if not group:
                 cells.append("–")
                 continue
-            _check_group(group, f"{ds}/{label}")
-            b = mean_std(float(s["base"]) for s in group)[0]
-            n = mean_std(float(s["new"]) for s in group)[0]
+            b, n = _means(group)
             means.append((b, n))
             cells.append(f"{b:.2f} / {n:.2f} / {harmonic_mean(b, n):.2f}")
         if means and len(means) == len(datasets):

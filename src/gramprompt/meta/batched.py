@@ -23,7 +23,7 @@ from gramprompt.meta.regulator import regulate
 from gramprompt.meta.step import Params, StepStats, TaskData, second_order_context
 from gramprompt.prompts.base import PromptMethod
 from gramprompt.prompts.coop import CoOp
-from gramprompt.prompts.text import ClassNameTokens
+from gramprompt.prompts.text import ClassNameTokens, splice_rows
 
 CTX = "text_ctx"
 
@@ -78,13 +78,10 @@ class _Stacked:
 def _text_features(method: PromptMethod, tokens: ClassNameTokens, ctx: Tensor) -> Tensor:
     """Text features (B, K, D) of every class prompt, spliced with its task's copy ``ctx`` (B, M, d):
     one forward of the text encoder for the whole meta-batch."""
-    emb = tokens.embeds
-    b, m, _ = ctx.shape
-    k = emb.shape[0] // b
-    rows = ctx.to(emb.dtype)[:, None].expand(-1, k, -1, -1).reshape(b * k, m, -1)
-    embeds = torch.cat([emb[:, :1], rows, emb[:, 1:]], dim=1)
-    feats = method.backbone.encode_text_embeddings(embeds, tokens.lengths + m)
-    return feats.view(b, k, -1)
+    b, m, d = ctx.shape
+    k = tokens.embeds.shape[0] // b
+    embeds, lengths = splice_rows(tokens, ctx[:, None].expand(-1, k, -1, -1).reshape(b * k, m, d))
+    return method.backbone.encode_text_embeddings(embeds, lengths).view(b, k, -1)
 
 
 def _regulate(phi: Params | None, g: Tensor, shape: str, scale_invariant: bool) -> Tensor:

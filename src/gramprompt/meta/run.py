@@ -30,10 +30,9 @@ logger = logging.getLogger(__name__)
 def task_inputs(method, hierarchy: Hierarchy):
     """Cached store features for text-only methods; the store's stems for visual-prompt methods
     when it kept them (``FeatureConfig.stems``), else stems/pixels decoded on first use."""
-    bb, rows = method.backbone, hierarchy.rows[hierarchy.kept]
+    bb, rows, store = method.backbone, hierarchy.rows[hierarchy.kept], hierarchy.store()
     if not method.uses_pixels:
-        return FeatureInputs.from_store(hierarchy.store(), rows, bb.device)
-    store = hierarchy.store()
+        return FeatureInputs.from_store(store, rows, bb.device)
     if bb.cache_stems and store.has("stem"):
         return FeatureInputs.from_store(store, rows, bb.device, kind="stems", dtype=bb.dtype)
     return ImageInputs(bb, hierarchy.sources)

@@ -28,16 +28,19 @@ def splice_context(tokens: ClassNameTokens, ctx: Tensor) -> tuple[Tensor, Tensor
     ``ctx`` (M, d) gives embeds (C, n + M, d); per-image ``ctx`` (B, M, d) gives (B * C, n + M, d),
     image-major. Lengths grow by M.
     """
-    emb = tokens.embeds
-    c, _, d = emb.shape
-    ctx = ctx.to(emb.dtype)
+    c = tokens.embeds.shape[0]
     if ctx.dim() == 2:
-        out = torch.cat([emb[:, :1], ctx.expand(c, -1, -1), emb[:, 1:]], dim=1)
-        return out, tokens.lengths + ctx.shape[0]
-    b, m, _ = ctx.shape
-    out = torch.cat([emb[None, :, :1].expand(b, -1, -1, -1), ctx[:, None].expand(-1, c, -1, -1),
-                     emb[None, :, 1:].expand(b, -1, -1, -1)], dim=2)
-    return out.reshape(b * c, -1, d), tokens.lengths.repeat(b) + m
+        return splice_rows(tokens, ctx.expand(c, -1, -1))
+    b, m, d = ctx.shape
+    per_image = ClassNameTokens(tokens.embeds.repeat(b, 1, 1), tokens.lengths.repeat(b))
+    return splice_rows(per_image, ctx[:, None].expand(-1, c, -1, -1).reshape(b * c, m, d))
+
+
+def splice_rows(tokens: ClassNameTokens, ctx: Tensor) -> tuple[Tensor, Tensor]:
+    """Insert one context per sequence, ``ctx`` (C, M, d) for the C rows of ``tokens``, after SOS."""
+    emb = tokens.embeds
+    out = torch.cat([emb[:, :1], ctx.to(emb.dtype), emb[:, 1:]], dim=1)
+    return out, tokens.lengths + ctx.shape[1]
 
 
 class TextCache:
