@@ -6,7 +6,8 @@ PIP = $(PYTHON) -m pip
 TORCH ?= torch==2.13.0
 STAMP = .cache/setup.stamp
 # the offline data: image-text pairs (openclipart, Noto emoji) and classification sets
-DEBIAN_PACKAGES = openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data dataset-fashion-mnist
+DEBIAN_PACKAGES = openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data dataset-fashion-mnist \
+	fonts-symbola ruby-gemojione
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test bench clean

@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from gramprompt.data.dataset import ClassificationDataset, Sample
+from gramprompt.data.emoji_styles import EMOJI_STYLE_DATASETS
 from gramprompt.data.offline import OFFLINE_DATASETS
 from gramprompt.data.splits import stratified_split
 
@@ -26,8 +27,10 @@ def load_digits_dataset(test_fraction: float = 0.3, seed: int = 0) -> Classifica
 
 
 # digits ships with scikit-learn; the offline sets need OS/PyPI packages and raise a
-# DatasetError naming the install command when those are missing.
+# DatasetError naming the install command when those are missing. The emoji-style targets
+# live in their own module (it imports offline.py, so offline.py cannot import it).
 BUILTIN_DATASETS: dict[str, Callable[[], ClassificationDataset]] = {
     "digits": load_digits_dataset,
     **OFFLINE_DATASETS,
+    **EMOJI_STYLE_DATASETS,
 }
