@@ -203,6 +203,22 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(a: argparse.Namespace) -> int:
+    """Table of the datasets under ROOT against their published sizes; 1 when anything is wrong."""
+    from .data.check import ALL_DATASETS, all_ok, check_root, dataset_folder, render
+
+    rows = check_root(a.root, a.datasets, sample=a.sample, seed=a.seed)
+    if rows:
+        print(render(rows, markdown=a.format == "markdown"))
+    else:
+        print(f"no CoOp dataset folder under {a.root} (layouts: docs/DATASETS.md)")
+    checked = {r.dataset for r in rows}
+    absent = [f"{n} ({dataset_folder(n)}/)" for n in ALL_DATASETS if n not in checked]
+    if a.datasets is None and absent:
+        print("not present, skipped: " + ", ".join(absent))
+    return 0 if all_ok(rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gram", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -362,6 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tables", nargs="+", type=int, choices=[6, 7], default=[6, 7],
                            help="which of the paper's tables to compute")
         p.set_defaults(fn=cmd_demo, ablations=ablations)
+
+    p = sub.add_parser("data", help="data tools: gram data check ROOT")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = data_sub.add_parser("check", help="check a CoOp data root: split sizes against the published ones, "
+                                          "missing image files (exit 1 when anything is wrong)")
+    p.add_argument("root", type=Path, help="data root holding imagenet/, caltech-101/, ... (CoOp's layout)")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="names to check (default: every dataset whose folder is under ROOT)")
+    p.add_argument("--sample", type=int, default=None, help="check only N seeded random image files per dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--format", choices=["markdown", "plain"], default="markdown")
+    p.set_defaults(fn=cmd_data_check)
     return parser
 
 

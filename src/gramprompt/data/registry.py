@@ -1,10 +1,13 @@
 """One string spec -> ClassificationDataset, so the CLI and configs name datasets uniformly."""
 from __future__ import annotations
 
+import os
+
 from gramprompt.data.builtin import BUILTIN_DATASETS
-from gramprompt.data.coop import COOP_DATASETS, load_coop
+from gramprompt.data.coop import COOP_DATASETS, canonical_name, load_coop
 from gramprompt.data.dataset import ClassificationDataset, DatasetError
 from gramprompt.data.imagefolder import load_imagefolder
+from gramprompt.data.imagenet_variants import IMAGENET_VARIANTS, load_variant, variant_name
 
 SPEC_FORMS = ("imagefolder:PATH", "coop:NAME:ROOT", "<built-in name>")
 
@@ -18,8 +21,28 @@ def _bad_spec(spec: str, why: str) -> DatasetError:
     return DatasetError(
         f"{why}: {spec!r}. Valid forms: {', '.join(SPEC_FORMS)}; "
         f"built-in names: {', '.join(dataset_names())}; "
-        f"CoOp names: {', '.join(COOP_DATASETS)}"
+        f"CoOp names: {', '.join(COOP_DATASETS + IMAGENET_VARIANTS)}"
     )
+
+
+def coop_family_name(name: str) -> str:
+    """Canonical name of one of the 11 CoOp datasets or the 4 ImageNet variants (aliases accepted)."""
+    variant = variant_name(name)
+    if variant is not None:
+        return variant
+    try:
+        return canonical_name(name)
+    except DatasetError:
+        raise DatasetError(
+            f"unknown CoOp dataset {name!r}; expected one of {', '.join(COOP_DATASETS + IMAGENET_VARIANTS)} "
+            "(aliases: Flowers102, DescribableTextures, ImageNet-Sketch, ImageNet-A, ImageNet-R, ...)"
+        ) from None
+
+
+def load_coop_family(name: str, root: str | os.PathLike) -> ClassificationDataset:
+    """Load a CoOp dataset or an ImageNet variant from its CoOp layout under data root ``root``."""
+    canonical = coop_family_name(name)
+    return load_variant(canonical, root) if canonical in IMAGENET_VARIANTS else load_coop(canonical, root)
 
 
 def load_dataset(spec: str) -> ClassificationDataset:
@@ -38,7 +61,7 @@ def load_dataset(spec: str) -> ClassificationDataset:
         name, sep2, root = rest.partition(":")
         if not (name and sep2 and root):
             raise _bad_spec(spec, "coop spec needs a name and a root")
-        return load_coop(name, root)
+        return load_coop_family(name, root)
     if spec.lower() in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[spec.lower()]()
     raise _bad_spec(spec, "unknown dataset spec")
