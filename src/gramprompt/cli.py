@@ -50,6 +50,11 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
                    help="with a GRAM --init: plain updates instead of regulating them with its R_phi* (ablation)")
     p.add_argument("--label", default=None, help='row name in result tables (default: the method, "+init" with --init)')
     p.add_argument("--max-test-per-class", type=int, default=None, help="evaluate on a seeded test subset")
+    p.add_argument("--init-seed", type=int, default=None,
+                   help="seed of the fresh prompt initialization (default: --seed); vary it alone to compare "
+                        "initializations on the same few-shot sample (gram figure fig1a)")
+    p.add_argument("--eval-every-epoch", action="store_true",
+                   help="log test accuracy after every epoch to metrics.jsonl (gram figure fig3a)")
     p.add_argument("--allow-fewer-shots", action="store_true",
                    help="use all images of a class with fewer than --shots (default: error)")
     p.add_argument("--epochs", type=int, default=d_tune.epochs)
@@ -68,7 +73,7 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
     return FewShotConfig(
         method=a.method, label=a.label, shots=a.shots, seed=a.seed, init=a.init, regulator=not a.no_regulator,
         allow_fewer_shots=a.allow_fewer_shots,
-        max_test_per_class=a.max_test_per_class,
+        max_test_per_class=a.max_test_per_class, init_seed=a.init_seed, eval_every_epoch=a.eval_every_epoch,
         prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth),
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))
@@ -102,6 +107,23 @@ def cmd_table(a: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"no such run folder: {', '.join(map(str, missing))}")
     print(render(a.dirs))
+    return 0
+
+
+def cmd_figure(a: argparse.Namespace) -> int:
+    from .eval import figures
+
+    missing = [d for d in a.dirs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no such run folder: {', '.join(map(str, missing))}")
+    if a.figure == "fig1a":
+        fig = figures.fig1a(figures.base2new_summaries(a.dirs), metric=a.metric, highlight=a.highlight,
+                            only=a.only, title=a.title)
+    elif a.figure == "fig3a":
+        fig = figures.fig3a(figures.epoch_runs(a.dirs), only=a.only, title=a.title)
+    else:
+        fig = figures.fig3b(figures.alignment_series(a.dirs, a.labels), smooth=a.smooth, title=a.title)
+    print(f"wrote {figures.save(fig, a.out)}")
     return 0
 
 
@@ -240,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="aggregate run folders into Markdown tables (mean ± std over seeds)")
     p.add_argument("dirs", nargs="+", type=Path, help="run folders (searched recursively for summary.json)")
     p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("figure", help="the paper's Fig. 1a, 3a, 3b as PNG from run folders")
+    figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    for name, text, dirs_help in (
+            ("fig1a", "accuracy across prompt initializations (one label per initialization, e.g. --init-seed "
+                      "or --text-init runs, vs GRAM's theta*)", "finished base-to-new runs (searched recursively)"),
+            ("fig3a", "test accuracy per epoch, base (solid) and new (dashed), per label",
+             "base-to-new runs tuned with --eval-every-epoch (searched recursively)"),
+            ("fig3b", "normalized support-query gradient inner product during meta-training",
+             "gram meta-train run folders, one line each")):
+        f = figs.add_parser(name, help=text, description=text)
+        f.add_argument("dirs", nargs="+", type=Path, metavar="RUN_DIRS", help=dirs_help)
+        f.add_argument("--out", required=True, type=Path, help="image to write, e.g. fig.png")
+        f.add_argument("--title", default=None, help="replace the default title")
+        if name == "fig1a":
+            f.add_argument("--metric", choices=["base", "new", "h"], default="h", help="what to plot (default h)")
+            f.add_argument("--highlight", nargs="+", default=None, metavar="LABEL",
+                           help='theta* row(s) to highlight (default: labels containing "gram")')
+        if name in ("fig1a", "fig3a"):
+            f.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                           help="plot only runs with these labels, in this order")
+        if name == "fig3b":
+            f.add_argument("--labels", nargs="+", default=None, help="legend names, one per run folder")
+            f.add_argument("--smooth", type=int, default=1, metavar="K",
+                           help="trailing moving average over K logged points (default 1: none)")
+        f.set_defaults(fn=cmd_figure)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy on all classes of datasets, with chance level")
     _add_backbone_args(p)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,6 +19,9 @@ from ..tuning.train import train_prompts
 from .evaluate import evaluate
 from .metrics import harmonic_mean
 
+# Called after every tuning epoch with the method, the epoch (1-based) and the current parameters.
+EpochHook = Callable[[PromptMethod, int, dict[str, Tensor]], None]
+
 
 @dataclass
 class FewShotConfig:
@@ -31,13 +35,19 @@ class FewShotConfig:
     regulator: bool = True  # when ``init`` is a GRAM checkpoint, regulate every update with its R_phi*
     allow_fewer_shots: bool = False  # take all images of a class that has fewer than `shots`
     max_test_per_class: int | None = None  # evaluate on a seeded subset of the test split (None: all)
+    init_seed: int | None = None  # seed of the fresh prompts (None: ``seed``); vary it alone for Fig. 1a
+    eval_every_epoch: bool = False  # log test accuracy after every epoch to metrics.jsonl (Fig. 3a)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def initial_params(method: PromptMethod, cfg: FewShotConfig) -> dict[str, Tensor]:
-    """Fresh parameters from the seed, or the ones stored in ``cfg.init`` (checked against the method)."""
-    fresh = method.init_params(torch.Generator().manual_seed(cfg.seed))
+    """Fresh parameters from ``init_seed`` (default: the run's seed), or the ones stored in ``cfg.init``
+    (checked against the method).
+
+    A separate ``init_seed`` lets several initializations be tuned on the very same few-shot sample
+    and shuffling, so their spread measures initialization sensitivity alone (the paper's Fig. 1a)."""
+    fresh = method.init_params(torch.Generator().manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed))
     if cfg.init is None:
         return fresh
     stored, _ = load_prompts(cfg.init)
@@ -52,7 +62,8 @@ def initial_params(method: PromptMethod, cfg: FewShotConfig) -> dict[str, Tensor
 
 
 def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, run: RunDir | None,
-          cache: FeatureCache | None, part: str) -> tuple[PromptMethod, dict[str, Tensor], int]:
+          cache: FeatureCache | None, part: str,
+          on_epoch: EpochHook | None = None) -> tuple[PromptMethod, dict[str, Tensor], int]:
     method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
     train = few_shot(dataset.train, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
                      num_classes=dataset.num_classes)
@@ -61,9 +72,11 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig
         from ..meta.checkpoint import regulated_grad_transform
 
         transform = regulated_grad_transform(cfg.init, backbone.device)
+    hook = None if on_epoch is None else (lambda epoch, params: on_epoch(method, epoch, params))
     params = train_prompts(method, initial_params(method, cfg), train, dataset.classnames, cfg.tune,
                            seed=cfg.seed, grad_transform=transform, cache=cache,
-                           cache_key=(dataset.name, part, cfg.shots), log=run.log if run is not None else None)
+                           cache_key=(dataset.name, part, cfg.shots), log=run.log if run is not None else None,
+                           on_epoch=hook)
     if run is not None and params:
         run.save_prompts(params, {"method": cfg.method, "backbone": backbone.name, "dataset": dataset.name,
                                   "classnames": dataset.classnames, "shots": cfg.shots, "seed": cfg.seed,
@@ -81,8 +94,22 @@ def _test(dataset: ClassificationDataset, cfg: FewShotConfig) -> list:
 
 def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
     label = cfg.label or (f"{cfg.method}+init" if cfg.init else cfg.method)
-    return {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "label": label, "backbone": backbone.name,
-            "shots": cfg.shots, "seed": cfg.seed, "init": cfg.init}
+    out = {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "label": label,
+           "backbone": backbone.name, "shots": cfg.shots, "seed": cfg.seed, "init": cfg.init}
+    if cfg.init_seed is not None:  # only when set: summaries of ordinary runs stay as they were
+        out["init_seed"] = cfg.init_seed
+    return out
+
+
+def _epoch_eval(cfg: FewShotConfig, run: RunDir | None, backbone: Backbone,
+                cache: FeatureCache | None) -> tuple[FeatureCache | None, bool]:
+    """The cache to use and whether to evaluate after every epoch. Per-epoch evaluation goes through
+    a FeatureCache (a fresh one if none was given) so text-only methods encode the test images once."""
+    if not cfg.eval_every_epoch:
+        return cache, False
+    if run is None:
+        raise ValueError("eval_every_epoch logs to a run folder's metrics.jsonl: give a run")
+    return (cache if cache is not None else FeatureCache(backbone)), True
 
 
 def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, *,
@@ -90,12 +117,21 @@ def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShot
     """Tune on the base classes' few shots; accuracy on the base and new classes' test images."""
     start = time.perf_counter()
     base, new = base_new_split(dataset)
-    method, params, n_train = _tune(backbone, base, cfg, run, cache, "base")
+    cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
-    acc_base = evaluate(method, params, _test(base, cfg), base.classnames, batch_size=bs, cache=cache,
-                        cache_key=(dataset.name, "base", cfg.max_test_per_class))
-    acc_new = evaluate(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
-                       cache_key=(dataset.name, "new", cfg.max_test_per_class))
+
+    def accuracies(method: PromptMethod, params: dict[str, Tensor]) -> tuple[float, float]:
+        return (evaluate(method, params, _test(base, cfg), base.classnames, batch_size=bs, cache=cache,
+                         cache_key=(dataset.name, "base", cfg.max_test_per_class)),
+                evaluate(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
+                         cache_key=(dataset.name, "new", cfg.max_test_per_class)))
+
+    def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
+        b, n = accuracies(method, params)
+        run.log({"epoch": epoch, "test_base": b, "test_new": n})
+
+    method, params, n_train = _tune(backbone, base, cfg, run, cache, "base", log_epoch if per_epoch else None)
+    acc_base, acc_new = accuracies(method, params)
     summary = {**_summary(backbone, dataset, cfg, "base2new"), "base": acc_base, "new": acc_new,
                "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
                "base_classes": base.num_classes, "new_classes": new.num_classes,
@@ -109,13 +145,23 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
              cfg: FewShotConfig, *, run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
     """Tune on all classes of ``source``; zero-shot accuracy on each target with its own class names."""
     start = time.perf_counter()
-    method, params, n_train = _tune(backbone, source, cfg, run, cache, "all")
+    cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
-    acc_source = evaluate(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
-                          cache_key=(source.name, "all", cfg.max_test_per_class))
-    accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
-                             batch_size=bs, cache=cache, cache_key=(t.name, "all", cfg.max_test_per_class))
-            for t in targets}
+
+    def accuracies(method: PromptMethod, params: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
+        acc_source = evaluate(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
+                              cache_key=(source.name, "all", cfg.max_test_per_class))
+        accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
+                                 batch_size=bs, cache=cache, cache_key=(t.name, "all", cfg.max_test_per_class))
+                for t in targets}
+        return acc_source, accs
+
+    def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
+        s, t = accuracies(method, params)
+        run.log({"epoch": epoch, "test_source": s, "test_targets": t})
+
+    method, params, n_train = _tune(backbone, source, cfg, run, cache, "all", log_epoch if per_epoch else None)
+    acc_source, accs = accuracies(method, params)
     summary = {**_summary(backbone, source, cfg, "transfer"), "source": acc_source, "targets": accs,
                "train_images": n_train, "seconds": time.perf_counter() - start}
     if run is not None:
@@ -124,8 +170,16 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
 
 
 def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
-    """The resolved config written to a run folder's ``config.yaml``."""
-    return {"protocol": protocol, "backbone": backbone.name, "datasets": datasets, **asdict(cfg)}
+    """The resolved config written to a run folder's ``config.yaml``.
+
+    ``init_seed`` and ``eval_every_epoch`` appear only when set, so the configs of ordinary runs (which
+    the demo compares to decide what to reuse) stay exactly as they were."""
+    fields = asdict(cfg)
+    if cfg.init_seed is None:
+        del fields["init_seed"]
+    if not cfg.eval_every_epoch:
+        del fields["eval_every_epoch"]
+    return {"protocol": protocol, "backbone": backbone.name, "datasets": datasets, **fields}
 
 
 def zero_shot_all_classes(backbone: Backbone, dataset: ClassificationDataset, *, max_per_class: int | None = None,
