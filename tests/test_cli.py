@@ -127,33 +127,29 @@ def _caption_folder(root, topics=6, per_topic=14):
 
 
 def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_path):
-    from dataclasses import replace
-
-    from gramprompt.chc.config import CHCConfig, DomainConfig, FeatureConfig, TopicConfig
-    from gramprompt.demo import TABLE1, DemoConfig, run_demo
-    from gramprompt.meta.tasks import TaskConfig
-    from gramprompt.meta.trainer import MetaConfig
-    from gramprompt.tuning.config import TuneConfig
+    from gramprompt.demo import demo_experiments, run_demo
+    from gramprompt.experiments.config import load_experiment
 
     pairs = _caption_folder(tmp_path / "pairs")
-    chc = CHCConfig(FeatureConfig(stems=True), topics=TopicConfig(umap_neighbors=8, min_cluster_size=8),
-                    domains=DomainConfig(domains=2, min_domain_size=3))
-    meta = MetaConfig(iterations=2, task_batch=2, tasks=TaskConfig(ways=3, support_shots=2, query_shots=2))
-    cfg = DemoConfig.quick(out=tmp_path / "demo", backbone=f"hf:{tiny_clip_dir}", pairs=f"folder:{pairs}",
-                           datasets=("digits",), chc=chc, meta=meta, max_test_per_class=5, shots=2,
-                           tune=TuneConfig(epochs=1, batch_size=2, warmup_epochs=0, feature_views=1))
-    report = run_demo(cfg)
+    small = [f"root={tmp_path / 'demo'}", f"backbone=hf:{tiny_clip_dir}", f"hierarchy.pairs=folder:{pairs}",
+             "datasets=[digits]", "shots=2", "fewshot.max_test_per_class=5",
+             "fewshot.tune={epochs: 1, batch_size: 2, warmup_epochs: 0, feature_views: 1}",
+             "hierarchy.chc={features: {stems: true}, topics: {umap_neighbors: 8, min_cluster_size: 8}, "
+             "domains: {domains: 2, min_domain_size: 3}}",
+             "meta={iterations: 2, task_batch: 2, tasks: {ways: 3, support_shots: 2, query_shots: 2}}"]
+    experiments = demo_experiments(overrides=small, quick=True)
+    report = run_demo(experiments)
     assert "Table 1" in report and "6 topics" in report
-    for row in TABLE1:
+    for row in load_experiment("offline/base2new").rows:
         assert f"| {row.title} |" in report
-    summary = tmp_path / "demo" / "runs" / "digits"
+    summary = tmp_path / "demo" / "runs" / "base2new" / "digits"
     gram_row = json.loads((summary / "coop+gram" / "seed1" / "summary.json").read_text())
     assert gram_row["label"] == "coop+gram" and gram_row["init"].endswith("meta/coop/gram.safetensors")
     stamps = {p: p.stat().st_mtime_ns for p in [*summary.rglob("summary.json"), *(tmp_path / "demo").glob("*/*/gram.*")]}
     assert len(stamps) == 7 + 3  # one run per row; checkpoints of coop, vpt, unigram
-    run_demo(cfg)  # a second run reuses every stage
+    run_demo(experiments)  # a second run reuses every stage
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
-    run_demo(replace(cfg, meta=replace(meta, inner_lr=0.05)))  # new meta-settings: GRAM rows only are redone
+    run_demo(demo_experiments(overrides=[*small, "meta.inner_lr=0.05"], quick=True))  # GRAM rows only are redone
     changed = {p.parent.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t and p.name == "summary.json"}
     assert changed == {"coop+gram", "vpt+gram", "unigram"}
 
@@ -180,22 +176,3 @@ def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tm
     plain = prompts("half", "plain", "--no-regulator")
     torch.testing.assert_close(prompts("id", "identity"), plain)  # identity R_phi == plain SGD
     assert not torch.allclose(prompts("half", "half"), plain, atol=1e-6)
-
-
-def test_ablation_rows_change_exactly_one_thing_against_unigram():
-    from dataclasses import asdict
-
-    from gramprompt.demo import TABLE6, TABLE7, VARIANTS, DemoConfig, _variant_meta
-
-    cfg = DemoConfig()
-    full = asdict(_variant_meta(cfg, VARIANTS["unigram"]))
-    expected = {"unigram-no-shift": {"tasks"}, "unigram-no-regulator": {"use_regulator"},
-                "unigram-pretrain": {"mode"}, "unigram-supervised": set()}
-    for row in TABLE6[1:-1]:
-        v = VARIANTS[row.variant]
-        meta = asdict(_variant_meta(cfg, v))
-        assert {k for k in full if meta[k] != full[k]} == expected[row.variant], row.variant
-        assert v.prompt == VARIANTS["unigram"].prompt and v.method == "joint"
-    assert VARIANTS["unigram-supervised"].supervised == "clipart-categories"  # labelled, like the paper's WebVision
-    assert TABLE6[-1].variant is None and TABLE6[-1].prompt == VARIANTS["unigram"].prompt  # joint tuning, no GRAM
-    assert [r.prompt.text_tokens + r.prompt.visual_tokens for r in TABLE7] == [2, 4, 6, 8]

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import BackboneError, load_backbone
-from .backbones.registry import SPEC_FORMS
+from .backbones.registry import DTYPES, SPEC_FORMS
 from .data.dataset import DatasetError
 from .data.registry import SPEC_FORMS as DATASET_FORMS
 from .data.registry import load_dataset
@@ -21,9 +21,6 @@ from .eval.table import render, zero_shot_table
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 def _device(name: str | None) -> torch.device:
     if name:
@@ -154,16 +151,33 @@ def cmd_make_random_clip(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_ablations, run_demo
+    from .demo import ABLATIONS, DEMO, demo_experiments, run_demo
 
-    given = {"out": a.out, "backbone": a.backbone, "pairs": a.pairs,
-             "datasets": a.datasets and tuple(a.datasets), "seeds": a.seeds and tuple(a.seeds)}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
-    if a.ablations:
-        print(run_ablations(cfg, device=_device(a.device), tables=tuple(a.tables)))
-    else:
-        print(run_demo(cfg, device=_device(a.device)))
+    overrides = [f"{k}={v}" for k, v in (("root", a.out), ("backbone", a.backbone), ("hierarchy.pairs", a.pairs),
+                                         ("datasets", a.datasets and f"[{', '.join(a.datasets)}]"),
+                                         ("seeds", a.seeds and f"[{', '.join(map(str, a.seeds))}]")) if v]
+    configs = [ABLATIONS[t] for t in a.tables] if a.ablations else DEMO
+    print(run_demo(demo_experiments(configs, [*overrides, *a.set], a.quick), jobs=a.jobs, device=a.device))
+    return 0
+
+
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from .experiments.config import load_experiment
+    from .experiments.report import experiment_tables
+    from .experiments.runner import describe, run_experiment
+
+    experiments = [load_experiment(c, a.set) for c in a.configs]
+    for exp in experiments:
+        if a.action == "plan" or a.dry_run:
+            print(describe(exp))
+            continue
+        if a.action == "run":
+            run_experiment(exp, jobs=a.jobs, device=a.device)
+        text = experiment_tables(exp)
+        report = Path(exp.root) / f"{exp.name}.md"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(text)
+        print(text)
     return 0
 
 
@@ -407,6 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d_meta.seed)
     p.set_defaults(fn=cmd_meta_train)
 
+    p = sub.add_parser("experiment", help="run a YAML experiment config (datasets x rows x seeds, with its CHC and "
+                                         "meta-training stages), or print its tables")
+    p.add_argument("action", choices=["run", "plan", "table"],
+                   help="run: do what is not done, then print the tables; plan: list every job and its status; "
+                        "table: print the tables of the finished runs")
+    p.add_argument("configs", nargs="+", help="config files or packaged names (e.g. offline/base2new)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
+    p.add_argument("--dry-run", action="store_true", help="with run: only list the jobs (same as plan)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_experiment)
+
     for name, ablations, text in (
             ("demo", False, "offline GRAM pipeline: CHC on openclipart, meta-training, then the paper's Table 1 "
                             "(base-to-new) for CLIP, CoCoOp, CoOp, CoOp+GRAM, VPT, VPT+GRAM and UNIGRAM"),
@@ -414,13 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(prompt token counts)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")
-        p.add_argument("--out", type=Path, default=None,
-                       help="folder (default runs/demo, runs/demo-quick with --quick); stages and runs with "
-                            "unchanged settings are reused")
+        p.add_argument("--out", default=None,
+                       help="root folder (default runs/offline, runs/offline-quick with --quick); stages and runs "
+                            "with unchanged settings are reused")
         p.add_argument("--backbone", default=None, help="backbone spec (default: the shipped offline backbone)")
         p.add_argument("--pairs", default=None, help="image-text pairs for CHC (default openclipart; see gram chc)")
         p.add_argument("--datasets", nargs="+", default=None)
         p.add_argument("--seeds", nargs="+", type=int, default=None)
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the configs (see gram experiment)")
+        p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
         p.add_argument("--device", default=None)
         if ablations:
             p.add_argument("--tables", nargs="+", type=int, choices=[6, 7], default=[6, 7],

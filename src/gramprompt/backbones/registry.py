@@ -7,6 +7,12 @@ from .base import Backbone
 from .hf_clip import BackboneError, HFCLIPBackbone
 
 SPEC_FORMS = ("default", "default:WEIGHTS.safetensors", "hf:PATH_OR_HUB_ID")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def backbone_name(spec: str) -> str:
+    """The ``name`` the backbone loaded from ``spec`` will have (recorded in every run), without loading it."""
+    return "default" if spec.partition(":")[0] == "default" else spec
 
 
 def load_backbone(spec: str, *, device: torch.device | str | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from gramprompt.data.builtin import BUILTIN_DATASETS
 from gramprompt.data.coop import COOP_DATASETS, canonical_name, load_coop
@@ -43,6 +44,21 @@ def load_coop_family(name: str, root: str | os.PathLike) -> ClassificationDatase
     """Load a CoOp dataset or an ImageNet variant from its CoOp layout under data root ``root``."""
     canonical = coop_family_name(name)
     return load_variant(canonical, root) if canonical in IMAGENET_VARIANTS else load_coop(canonical, root)
+
+
+def spec_name(spec: str) -> str:
+    """The short name of a dataset spec, for table columns and run folders, without loading it:
+    ``coop:OxfordPets:/data`` -> ``OxfordPets``, ``imagefolder:/x/pets/`` -> ``pets``, ``digits`` -> ``digits``."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind.lower() == "coop":
+        name = rest.partition(":")[0]
+        try:
+            return coop_family_name(name)
+        except DatasetError:
+            return name
+    if kind.lower() == "imagefolder":
+        return Path(rest.rstrip("/")).name
+    return spec.strip()
 
 
 def load_dataset(spec: str) -> ClassificationDataset:

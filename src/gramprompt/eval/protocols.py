@@ -169,6 +169,17 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     return summary
 
 
+def evaluate_targets(backbone: Backbone, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
+                     cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
+    """Accuracy of already tuned prompts on each target, with its own class names and template (keyed by the
+    given names), so targets can be added to a finished transfer run without tuning again."""
+    method = build_method(cfg.method, backbone, cfg.prompt)
+    return {name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
+                           batch_size=cfg.tune.eval_batch_size, cache=cache,
+                           cache_key=(t.name, "all", cfg.max_test_per_class))
+            for name, t in targets.items()}
+
+
 def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
     """The resolved config written to a run folder's ``config.yaml``.
 

@@ -144,6 +144,30 @@ def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], data
     return _markdown(header, out)
 
 
+def transfer_paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], source: str,
+                         targets: Sequence[str]) -> str:
+    """The paper's Tables 2-5 layout: Method | source | targets... | Average over the targets, each cell
+    the mean over seeds (a row's Average needs every target, else "–")."""
+    runs = [s for s in summaries if protocol(s) == TRANSFER]
+    out = []
+    for label, title in rows:
+        group = _seed_group(runs, source, label)
+        if not group:
+            out.append([title, *["–"] * (len(targets) + 2)])
+            continue
+        cells = [f"{mean_std(float(s['source']) for s in group)[0]:.2f}"]
+        means = []
+        for t in targets:
+            if all(t in s["targets"] for s in group):
+                means.append(mean_std(float(s["targets"][t]) for s in group)[0])
+                cells.append(f"{means[-1]:.2f}")
+            else:
+                cells.append("–")
+        avg = f"**{mean_std(means)[0]:.2f}**" if means and len(means) == len(targets) else "–"
+        out.append([title, *cells, avg])
+    return _markdown(["Method", f"{source} (source)", *targets, "Average"], out)
+
+
 def transfer_table(summaries: Sequence[dict]) -> str:
     """Per source/target-set table: Method | <source> | targets... | Average (over targets).
 

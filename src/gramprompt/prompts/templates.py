@@ -23,6 +23,8 @@ DATASET_TEMPLATES: dict[str, str] = {
     # the offline sets (gramprompt.data.offline), chosen a priori to describe the images' kind
     "emojigroups": "an emoji of {}.",
     "emojisubgroups": "an emoji of {}.",
+    "emojigroupssymbola": "an emoji of {}.",  # the same emoji in other drawing styles (cross-domain targets)
+    "emojigroupsemojione": "an emoji of {}.",
     "clipartcategories": "a clipart of {}.",
 }
 

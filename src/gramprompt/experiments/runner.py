@@ -1,0 +1,307 @@
+"""Expand an experiment into jobs (CHC, meta-training per variant, one few-shot run per
+column x row x seed), report their status, and run what is not done, in order of dependence.
+
+A job is done when its output exists *and* was made with the settings it would be made with now;
+otherwise it is (re)done, so a killed runner resumes where it stopped and a changed setting redoes
+exactly what depends on it. Few-shot runs can go to several worker processes (``jobs``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..backbones.registry import DTYPES, backbone_name, load_backbone
+from ..data.registry import load_dataset, spec_name
+from ..eval.protocols import FewShotConfig, base_to_new, evaluate_targets, run_config, transfer
+from ..runs import CONFIG, RunDir, is_finished, read_summary
+from ..tuning.features import FeatureCache
+from .config import Experiment, Row
+
+STAGE = "stage.yaml"  # the settings a stage's output was made with
+DONE, PENDING, STALE, PARTIAL, WAITING = "done", "pending", "stale", "partial", "waiting"
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "chc", "meta" or "run"
+    name: str  # the variant for "meta"; "<column>/<label>/seed<k>" for "run"
+    out: Path
+    row: Row | None = None
+    seed: int | None = None
+    column: str | None = None  # the dataset spec (base2new) or the source spec (transfer)
+
+
+# --------------------------------------------------------------------------- expansion and status
+
+
+def chc_dir(exp: Experiment) -> Path | None:
+    if exp.hierarchy is None:
+        return None
+    return Path(exp.hierarchy.path) if exp.hierarchy.path else Path(exp.root) / "chc"
+
+
+def plan(exp: Experiment) -> list[Job]:
+    """Every job of the experiment, stages first (each job's dependencies come before it)."""
+    jobs: list[Job] = []
+    used = exp.used_variants()
+    trained = [n for n in exp.variants if n in used and exp.variants[n].checkpoint is None]
+    if exp.hierarchy is not None and exp.hierarchy.pairs and any(not exp.variants[n].supervised for n in trained):
+        jobs.append(Job("chc", "chc", Path(exp.root) / "chc"))
+    jobs += [Job("meta", n, Path(exp.root) / "meta" / n) for n in trained]
+    columns = exp.datasets if exp.protocol == "base2new" else (exp.source,)
+    for column in columns:
+        for row in exp.rows:
+            for seed in exp.seeds:
+                out = Path(exp.root) / "runs" / exp.group / spec_name(column) / row.label / f"seed{seed}"
+                jobs.append(Job("run", f"{spec_name(column)}/{row.label}/seed{seed}", out, row, seed, column))
+    return jobs
+
+
+def _same(path: Path, settings: dict) -> bool:
+    return path.is_file() and yaml.safe_load(path.read_text()) == yaml.safe_load(yaml.safe_dump(settings))
+
+
+def chc_settings(exp: Experiment) -> dict:
+    return {"pairs": exp.hierarchy.pairs, "backbone": exp.backbone, "chc": exp.hierarchy.chc_config().to_dict()}
+
+
+def meta_settings(exp: Experiment, name: str) -> dict:
+    v = exp.variants[name]
+    return {"source": v.supervised or str(chc_dir(exp)), "method": v.method, "prompt": asdict(v.prompt),
+            "meta": asdict(exp.meta_config(v))}
+
+
+def checkpoint_path(exp: Experiment, name: str) -> Path:
+    from ..meta.run import GRAM_FILE
+
+    v = exp.variants[name]
+    return Path(v.checkpoint) if v.checkpoint else Path(exp.root) / "meta" / name / GRAM_FILE
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def expected_run_config(exp: Experiment, job: Job) -> dict | None:
+    """What the run's ``config.yaml`` must say for it to count as done; None while its checkpoint is missing."""
+    init = checkpoint_path(exp, job.row.variant) if job.row.variant else None
+    if init is not None and not init.is_file():
+        return None
+    fs = exp.fewshot_config(job.row, job.seed, str(init) if init else None)
+    config = run_config_for(exp, job.column, fs)
+    if init is not None:
+        config["init_sha256"] = _sha256(init)  # a retrained checkpoint invalidates the run
+    return config
+
+
+def run_config_for(exp: Experiment, column: str, fs: FewShotConfig) -> dict:
+    class _Named:  # run_config only reads the backbone's name
+        name = backbone_name(exp.backbone)
+
+    return run_config(_Named, [column], fs, exp.protocol)
+
+
+_FEWSHOT_DEFAULTS = yaml.safe_load(yaml.safe_dump(asdict(FewShotConfig(method="-"))))
+
+
+def same_run_config(stored: dict, expected: dict) -> bool:
+    """Equal configs, where an option added since the run was made counts as equal at its default value
+    (so adding an option does not invalidate every finished run)."""
+    expected = yaml.safe_load(yaml.safe_dump(expected))
+    for key, value in expected.items():
+        if key not in stored:
+            if _FEWSHOT_DEFAULTS.get(key, object()) != value:
+                return False
+        elif stored[key] != value:
+            return False
+    return set(stored) <= set(expected)
+
+
+def job_status(exp: Experiment, job: Job) -> str:
+    if job.kind == "chc":
+        if (job.out / "hierarchy.parquet").is_file():
+            return DONE if _same(job.out / STAGE, chc_settings(exp)) else STALE
+        return PARTIAL if job.out.exists() else PENDING
+    if job.kind == "meta":
+        from ..meta.run import GRAM_FILE
+
+        same = _same(job.out / STAGE, meta_settings(exp, job.name))
+        if (job.out / GRAM_FILE).is_file():
+            return DONE if same else STALE
+        return (PARTIAL if same else STALE) if job.out.exists() else PENDING
+    expected = expected_run_config(exp, job)
+    if expected is None:
+        return WAITING
+    if not (job.out / CONFIG).is_file():
+        return PENDING
+    if not same_run_config(RunDir(job.out).config, expected):
+        return STALE
+    if not is_finished(job.out):
+        return PARTIAL
+    if exp.protocol == "transfer" and set(map(spec_name, exp.targets)) - set(read_summary(job.out)["targets"]):
+        return PARTIAL  # tuned, some targets still to evaluate
+    return DONE
+
+
+def describe(exp: Experiment) -> str:
+    """The dry run: every job with its status and folder."""
+    jobs = plan(exp)
+    lines = [f"{exp.name}: {exp.protocol}, backbone {exp.backbone}, {len(exp.seeds)} seed(s), {exp.shots} shots; "
+             f"{sum(j.kind == 'run' for j in jobs)} runs under {Path(exp.root) / 'runs' / exp.group}"]
+    counts: dict[str, int] = {}
+    for job in jobs:
+        status = job_status(exp, job)
+        counts[status] = counts.get(status, 0) + 1
+        lines.append(f"  {status:8s} {job.kind:4s} {job.name:44s} {job.out}")
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- doing the work
+
+
+class Worker:
+    """Holds what jobs share in one process: the backbone, the feature cache, the loaded datasets."""
+
+    def __init__(self, exp: Experiment, device: str | None = None):
+        self.exp = exp
+        self.backbone = load_backbone(exp.backbone, device=device, dtype=DTYPES[exp.dtype])
+        self.cache = FeatureCache(self.backbone)
+        self._datasets: dict = {}
+
+    def dataset(self, spec: str):
+        if spec not in self._datasets:
+            self._datasets[spec] = load_dataset(spec)
+        return self._datasets[spec]
+
+    def chc(self, job: Job) -> None:
+        from ..chc.pipeline import run_chc
+
+        exp, out = self.exp, job.out
+        settings = chc_settings(exp)
+        cfg = exp.hierarchy.chc_config()
+        feature_settings = settings | {"chc": asdict(cfg.features)}
+        if out.exists():  # keep the costly features when only the clustering settings changed
+            same_features = _same(out / "features.yaml", feature_settings)
+            for p in out.iterdir():
+                if not (same_features and p.name in ("features", "features.yaml")):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "features.yaml").write_text(yaml.safe_dump(feature_settings))
+        h = run_chc(exp.hierarchy.pairs, exp.backbone, out, cfg, backbone=self.backbone)
+        (out / STAGE).write_text(yaml.safe_dump(settings, sort_keys=False))
+        tqdm.write(f"CHC: {len(h.topics)} topics over {int(h.kept.sum())} kept pairs")
+
+    def meta(self, job: Job) -> None:
+        from ..meta.run import meta_train
+
+        exp, v, out = self.exp, self.exp.variants[job.name], job.out
+        settings = meta_settings(exp, job.name)
+        if out.exists() and not _same(out / STAGE, settings):
+            shutil.rmtree(out)  # other settings: a resumed checkpoint would mix two runs
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STAGE).write_text(yaml.safe_dump(settings, sort_keys=False))
+        start = time.perf_counter()
+        _, state = meta_train(v.supervised or chc_dir(exp), self.backbone, v.method, out, exp.meta_config(v),
+                              v.prompt, supervised=v.supervised is not None)
+        tqdm.write(f"meta-trained {job.name}: {state.iteration} iterations ({time.perf_counter() - start:.0f} s)")
+
+    def run(self, job: Job) -> dict:
+        exp = self.exp
+        config = expected_run_config(exp, job)
+        if config is None:
+            raise FileNotFoundError(f"{job.name}: checkpoint of variant {job.row.variant!r} is missing")
+        fs = exp.fewshot_config(job.row, job.seed, config.get("init"))
+        status = job_status(exp, job)
+        if status == DONE:
+            return read_summary(job.out)
+        if status != PARTIAL or not is_finished(job.out):  # unfinished or other settings: start afresh
+            if job.out.exists():
+                shutil.rmtree(job.out)
+            run = RunDir.create(job.out, config)
+            if exp.protocol == "base2new":
+                return base_to_new(self.backbone, self.dataset(job.column), fs, run=run, cache=self.cache)
+            transfer(self.backbone, self.dataset(job.column), [], fs, run=run, cache=self.cache)
+        return self._targets(job, fs)
+
+    def _targets(self, job: Job, fs: FewShotConfig) -> dict:
+        """Evaluate the tuned prompts on the targets the summary lacks (targets can be added later)."""
+        run = RunDir(job.out)
+        summary = run.read_summary()
+        todo = [t for t in self.exp.targets if spec_name(t) not in summary["targets"]]
+        params = run.load_prompts()[0] if (job.out / "prompts.safetensors").is_file() else {}
+        for spec in todo:
+            accs = evaluate_targets(self.backbone, params, {spec_name(spec): self.dataset(spec)}, fs,
+                                    cache=self.cache)
+            summary["targets"].update(accs)
+            run.write_summary(summary)  # after each target: a kill loses at most one
+        return summary
+
+
+_WORKER: Worker | None = None
+
+
+def _init_worker(exp: Experiment, device: str | None, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = Worker(exp, device)
+
+
+def _pool_job(job: Job) -> tuple[Job, dict | None]:
+    return job, getattr(_WORKER, job.kind)(job)
+
+
+def _line(job: Job, s: dict | None) -> str:
+    if s is None:
+        return f"  {job.kind} {job.name} done"
+    if "base" in s:
+        return f"  {job.name:44s} base {s['base']:6.2f}  new {s['new']:6.2f}  H {s['h']:6.2f}  ({s['seconds']:.1f} s)"
+    targets = "  ".join(f"{k} {v:.2f}" for k, v in s["targets"].items())
+    return f"  {job.name:44s} source {s['source']:6.2f}  {targets}"
+
+
+def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
+                   worker: Worker | None = None) -> None:
+    """Do every job that is not done. CHC runs in this process; meta-training and few-shot runs go to
+    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads)."""
+    for kind in ("chc", "meta", "run"):  # statuses are read after the previous stage: a new checkpoint makes runs stale
+        todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
+        if not todo:
+            continue
+        if kind == "meta" and exp.hierarchy is not None and not chc_dir(exp).is_dir():
+            raise FileNotFoundError(f"hierarchy {chc_dir(exp)} does not exist (make it with gram chc)")
+        if jobs <= 1 or kind == "chc" or len(todo) == 1:
+            worker = worker or Worker(exp, device)
+            for job in tqdm(todo, desc=f"{exp.name}: {kind}", disable=len(todo) < 2):
+                tqdm.write(_line(job, getattr(worker, kind)(job)))
+            continue
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(exp, device, threads)) as pool:
+            futures = [pool.submit(_pool_job, j) for j in todo]
+            try:
+                for f in tqdm(futures, desc=f"{exp.name}: {kind} ({jobs} processes)"):
+                    tqdm.write(_line(*f.result()))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+def summaries(exp: Experiment) -> list[dict]:
+    """The finished runs' summaries, with ``dataset`` (and target keys) as the config's column names."""
+    out = []
+    for job in plan(exp):
+        if job.kind == "run" and job_status(exp, job) in (DONE, PARTIAL) and is_finished(job.out):
+            s = read_summary(job.out)
+            out.append({**s, "dataset": spec_name(job.column)})
+    return out

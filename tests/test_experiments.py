@@ -1,0 +1,242 @@
+"""Experiment configs and the runner: loading, expansion (dry run), skipping finished runs, resuming
+after a kill, incremental transfer targets, and the tables."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gramprompt.experiments.config import ConfigError, load_experiment, packaged_configs
+from gramprompt.experiments.report import experiment_tables
+from gramprompt.experiments.runner import DONE, PENDING, STALE, WAITING, job_status, plan, run_experiment
+
+TABLE1_ROWS = ["zeroshot", "cocoop", "coop", "coop+gram", "vpt", "vpt+gram", "unigram"]
+
+
+def _packaged() -> list[str]:
+    return sorted(str(p.relative_to(packaged_configs()).with_suffix("")) for p in packaged_configs().rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("name", _packaged())
+def test_every_packaged_config_loads(name, monkeypatch):
+    monkeypatch.setenv("GRAM_DATA", "/data")
+    exp = load_experiment(name)
+    assert exp.rows and exp.seeds == (1, 2, 3) and exp.shots in (4, 16)
+    jobs = plan(exp)
+    runs = [j for j in jobs if j.kind == "run"]
+    assert len(runs) == len(exp.rows) * len(exp.seeds) * (len(exp.datasets) if exp.protocol == "base2new" else 1)
+    assert {j.name for j in jobs if j.kind == "meta"} == exp.used_variants() - {
+        n for n, v in exp.variants.items() if v.checkpoint}
+
+
+@pytest.mark.parametrize("setting", ["offline", "vit_b16"])
+def test_the_paper_tables_have_their_rows(setting, monkeypatch):
+    monkeypatch.setenv("GRAM_DATA", "/data")
+    for name in ("base2new", "cross_domain_16shot", "cross_domain_4shot", "cross_dataset_16shot", "cross_dataset_4shot"):
+        assert [r.label for r in load_experiment(f"{setting}/{name}").rows] == TABLE1_ROWS, name
+    b2n = load_experiment(f"{setting}/base2new")
+    assert b2n.protocol == "base2new" and b2n.shots == 16
+    assert [load_experiment(f"{setting}/cross_domain_{s}shot").shots for s in (16, 4)] == [16, 4]
+    tokens = load_experiment(f"{setting}/tokens")
+    assert [r.prompt.text_tokens + r.prompt.visual_tokens for r in tokens.rows] == [2, 4, 6, 8]
+    if setting == "vit_b16":
+        assert len(b2n.datasets) == 11 and b2n.fewshot["tune"] == {"batch_size": 1, "epochs": 10}
+        assert [t.split(":")[1] for t in load_experiment("vit_b16/cross_domain_16shot").targets] == [
+            "ImageNetV2", "ImageNet-Sketch", "ImageNet-A", "ImageNet-R"]
+        assert len(load_experiment("vit_b16/cross_dataset_16shot").targets) == 10
+
+
+@pytest.mark.parametrize("setting", ["offline", "vit_b16"])
+def test_ablation_rows_change_exactly_one_thing_against_unigram(setting, monkeypatch):
+    monkeypatch.setenv("GRAM_DATA", "/data")
+    exp = load_experiment(f"{setting}/ablations")
+    full = asdict(exp.meta_config(exp.variants["unigram"]))
+    expected = {"unigram-no-shift": {"tasks"}, "unigram-no-regulator": {"use_regulator"},
+                "unigram-pretrain": {"mode"}, "unigram-supervised": set()}
+    rows = {r.label: r for r in exp.rows}
+    assert list(rows) == ["unigram", *expected, "joint-2+2"]
+    for label, changed in expected.items():
+        v = exp.variants[rows[label].variant]
+        meta = asdict(exp.meta_config(v))
+        assert {k for k in full if meta[k] != full[k]} == changed, label
+        assert v.prompt == exp.variants["unigram"].prompt and v.method == "joint"
+        assert rows[label].prompt == rows["unigram"].prompt
+    assert exp.variants["unigram-supervised"].supervised  # a labelled dataset, like the paper's WebVision
+    assert rows["joint-2+2"].variant is None and rows["joint-2+2"].prompt == rows["unigram"].prompt
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_extends_env_and_overrides(tmp_path, monkeypatch):
+    _write(tmp_path / "base.yaml", {"backbone": "default", "root": "${GRAM_T_ROOT:-/nowhere}", "seeds": [1, 2],
+                                    "fewshot": {"tune": {"epochs": 3, "lr": 0.1}}})
+    cfg = _write(tmp_path / "sub" / "x.yaml", {
+        "extends": "../base.yaml", "protocol": "base2new", "datasets": ["digits"],
+        "fewshot": {"tune": {"epochs": 5}}, "rows": [{"label": "coop", "method": "coop"}]})
+    exp = load_experiment(cfg)
+    assert exp.name == "x" and exp.group == "x" and exp.root == "/nowhere" and exp.seeds == (1, 2)
+    assert exp.fewshot == {"tune": {"epochs": 5, "lr": 0.1}}  # deep merge, the child wins
+    fs = exp.fewshot_config(exp.rows[0], 2)
+    assert (fs.tune.epochs, fs.tune.lr, fs.seed, fs.shots) == (5, 0.1, 2, 16)
+    monkeypatch.setenv("GRAM_T_ROOT", "/data/runs")
+    exp = load_experiment(cfg, ["seeds=[7]", "fewshot.tune.lr=0.5", "rows=[{label: zs, method: zeroshot}]"])
+    assert exp.root == "/data/runs" and exp.seeds == (7,) and exp.fewshot["tune"] == {"epochs": 5, "lr": 0.5}
+    assert [r.label for r in exp.rows] == ["zs"] and exp.rows[0].title == "zs"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("fewshot.tune.epoch=3", "unknown key"),
+    ("rows=[{label: a, method: coop, variant: nope}]", "variant 'nope'"),
+    ("protocol=cross", "protocol must be"),
+    ("rows=[{label: a, method: coop}, {label: a, method: vpt}]", "duplicate row labels"),
+    ("meta.inner_lr_typo=1", "unknown key"),
+    ("tables=[{title: t, rows: [missing]}]", "unknown rows"),
+    ("seeds", "KEY=VALUE"),
+])
+def test_bad_configs_fail_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("offline/base2new", [override])
+
+
+def test_missing_environment_variable_is_named(monkeypatch):
+    monkeypatch.delenv("GRAM_DATA", raising=False)
+    with pytest.raises(ConfigError, match="GRAM_DATA"):
+        load_experiment("vit_b16/base2new")
+
+
+def _tiny(tmp_path: Path, ckpt: Path, **extra) -> Path:
+    """A small base-to-new experiment on digits with a tiny random CLIP (seconds per run)."""
+    data = {"name": "tiny", "protocol": "base2new", "backbone": f"hf:{ckpt}", "root": str(tmp_path / "root"),
+            "datasets": ["digits"], "seeds": [1, 2], "shots": 2,
+            "fewshot": {"max_test_per_class": 5, "tune": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0,
+                                                          "feature_views": 1}},
+            "rows": [{"label": "zeroshot", "method": "zeroshot"}, {"label": "coop", "method": "coop"}], **extra}
+    return _write(tmp_path / "tiny.yaml", data)
+
+
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
+
+
+def test_dry_run_lists_every_run_then_finished_runs_are_skipped(tiny_clip_dir, tmp_path, capsys):
+    from gramprompt.cli import main
+
+    cfg = _tiny(tmp_path, tiny_clip_dir)
+    assert main(["experiment", "run", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[2] for line in out.splitlines() if line.startswith("  pending")]
+    assert listed == ["digits/zeroshot/seed1", "digits/zeroshot/seed2", "digits/coop/seed1", "digits/coop/seed2"]
+    assert not (tmp_path / "root").exists()  # a dry run writes nothing
+
+    assert main(["experiment", "run", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "| coop |" in out and "4 of 4 runs finished" in out
+    stamps = _stamps(tmp_path / "root")
+    assert len(stamps) == 4 and (tmp_path / "root" / "tiny.md").is_file()
+    assert main(["experiment", "run", str(cfg)]) == 0  # everything done: nothing is redone
+    assert _stamps(tmp_path / "root") == stamps
+    # a changed setting makes exactly the affected runs stale
+    exp = load_experiment(cfg, ["rows=[{label: zeroshot, method: zeroshot}, {label: coop, method: coop, "
+                                "prompt: {text_tokens: 2}}]"])
+    assert [job_status(exp, j) for j in plan(exp)] == [DONE, DONE, STALE, STALE]
+
+
+def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tiny_clip_dir, tmp_path):
+    cfg = _tiny(tmp_path, tiny_clip_dir, seeds=[1, 2, 3])
+    proc = subprocess.Popen([sys.executable, "-m", "gramprompt.cli", "experiment", "run", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while len(_stamps(tmp_path / "root")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = _stamps(tmp_path / "root")
+    assert 2 <= len(finished) < 6, "the kill should land while runs remain"
+    exp = load_experiment(cfg)
+    run_experiment(exp)
+    after = _stamps(tmp_path / "root")
+    assert len(after) == 6 and all(after[p] == t for p, t in finished.items())
+    assert all(job_status(exp, j) == DONE for j in plan(exp))
+
+
+def test_variant_rows_wait_for_their_checkpoint_and_are_redone_when_it_changes(tiny_clip_dir, tmp_path):
+    from gramprompt.backbones import load_backbone
+    from gramprompt.meta.checkpoint import save_gram
+    from gramprompt.meta.regulator import init_regulator
+    from gramprompt.prompts import build_method
+
+    ckpt = tmp_path / "given" / "gram.safetensors"
+    cfg = _tiny(tmp_path, tiny_clip_dir, seeds=[1], variants={"coop": {"method": "coop", "checkpoint": str(ckpt)}},
+                rows=[{"label": "coop+gram", "method": "coop", "variant": "coop"}])
+    exp = load_experiment(cfg)
+    assert [job_status(exp, j) for j in plan(exp)] == [WAITING]  # a given checkpoint is not meta-trained
+    theta = build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")).init_params(
+        __import__("torch").Generator().manual_seed(0))
+    save_gram(ckpt, theta, init_regulator(theta), {"method": "coop", "regulator": {"shape": "shared"}})
+    assert [job_status(exp, j) for j in plan(exp)] == [PENDING]
+    run_experiment(exp)
+    assert [job_status(exp, j) for j in plan(exp)] == [DONE]
+    save_gram(ckpt, {k: v + 1 for k, v in theta.items()}, init_regulator(theta), {"method": "coop"})
+    assert [job_status(exp, j) for j in plan(exp)] == [STALE]
+
+
+def test_transfer_targets_are_added_without_tuning_again(tiny_clip_dir, tmp_path, capsys):
+    from gramprompt.cli import main
+
+    base = dict(protocol="transfer", source="digits", targets=["digits"], seeds=[1], datasets=[],
+                rows=[{"label": "coop", "method": "coop", "title": "CoOp"}], group="shared")
+    cfg = _tiny(tmp_path, tiny_clip_dir, **base)
+    assert main(["experiment", "run", str(cfg)]) == 0
+    run = tmp_path / "root" / "runs" / "shared" / "digits" / "coop" / "seed1"
+    prompts = (run / "prompts.safetensors").stat().st_mtime_ns
+    assert json.loads((run / "summary.json").read_text())["targets"].keys() == {"digits"}
+    more = _tiny(tmp_path, tiny_clip_dir, **{**base, "name": "more", "targets": ["digits", "imagefolder:" + str(
+        _folder(tmp_path / "pets"))]})
+    exp = load_experiment(more)
+    assert [job_status(exp, j) for j in plan(exp)] == ["partial"]
+    assert main(["experiment", "run", str(more)]) == 0
+    out = capsys.readouterr().out
+    assert (run / "prompts.safetensors").stat().st_mtime_ns == prompts  # not tuned again
+    assert json.loads((run / "summary.json").read_text())["targets"].keys() == {"digits", "pets"}
+    assert "| CoOp |" in out and "| Method | digits (source) | digits | pets | Average |" in out
+
+
+def _folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_tables_use_seed_averaged_base_and_new(tmp_path, tiny_clip_dir):
+    exp = load_experiment(_tiny(tmp_path, tiny_clip_dir))
+    for job, (base, new) in zip([j for j in plan(exp) if j.row.label == "coop"], [(80.0, 20.0), (40.0, 60.0)]):
+        job.out.mkdir(parents=True)
+        from gramprompt.experiments.runner import expected_run_config
+
+        (job.out / "config.yaml").write_text(yaml.safe_dump(expected_run_config(exp, job)))
+        (job.out / "summary.json").write_text(json.dumps({"protocol": "base2new", "dataset": "digits", "label": "coop",
+                                                          "method": "coop", "seed": job.seed, "shots": 2,
+                                                          "backbone": "x", "base": base, "new": new}))
+    table = experiment_tables(exp)
+    assert "| coop | 60.00 | 40.00 | **48.00** |" in table  # H(60, 40) = 48, not the mean of per-seed H (40.0)
+    assert "| zeroshot | – | – | – |" in table and "2 of 4 runs finished" in table
