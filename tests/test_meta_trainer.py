@@ -87,3 +87,34 @@ def test_pretrain_ablation_is_plain_classification(backbone, data, tmp_path):
         theta["text_ctx"].grad *= min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
         opt.step()
     torch.testing.assert_close(state.theta["text_ctx"], theta["text_ctx"].detach())
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_state(backbone, data, tmp_path, monkeypatch):
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    full = MetaTrainer(method, sampler, inputs, config(), tmp_path / "fp32").run()
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, w, b=None: seen.append(linear(x, w, b).dtype) or linear(x, w, b))
+    half = MetaTrainer(method, sampler, inputs, config(autocast="bf16"), tmp_path / "bf16").run()
+    assert torch.bfloat16 in seen  # the text tower's matmuls ran in bf16
+    for name, v in half.theta.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+        assert not torch.equal(v, full.theta[name])  # a different precision ...
+        torch.testing.assert_close(v, full.theta[name], rtol=0.1, atol=0.02)  # ... close to the fp32 result
+    with pytest.raises(ValueError, match="autocast"):
+        MetaTrainer(method, sampler, inputs, config(autocast="fp8"), tmp_path / "bad").run()
+
+
+def test_checkpoints_from_before_an_option_existed_still_resume(backbone, data, tmp_path):
+    import json
+
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    MetaTrainer(method, sampler, inputs, config(iterations=3), tmp_path / "old").run()
+    saved = tmp_path / "old" / "checkpoint" / "config.json"
+    cfg = json.loads(saved.read_text())
+    del cfg["autocast"]  # written by a version without the option
+    saved.write_text(json.dumps(cfg))
+    assert MetaTrainer(method, sampler, inputs, config(iterations=4), tmp_path / "old").run().iteration == 4

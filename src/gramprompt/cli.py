@@ -228,7 +228,7 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      inner_lr=a.inner_lr, inner_steps=a.inner_steps,
                      lr_theta=a.lr_theta, lr_phi=a.lr_phi, second_order=a.second_order,
                      use_regulator=not a.no_regulator, grad_clip=a.grad_clip, stats_every=a.stats_every,
-                     checkpoint_every=a.checkpoint_every, seed=a.seed,
+                     checkpoint_every=a.checkpoint_every, seed=a.seed, autocast=a.autocast,
                      tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
                      regulator=RegulatorConfig(a.regulator, scale_invariant=a.scale_invariant))
     prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
@@ -412,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")
     p.add_argument("--pretrain", action="store_true",
                    help="ablation (- meta-learning): plain classification of the clustered images, topic words as classes")
+    p.add_argument("--autocast", choices=["none", "bf16"], default=d_meta.autocast,
+                   help="bf16: forward passes under bfloat16 autocast (on a GPU; theta, phi and Adam stay fp32)")
     p.add_argument("--grad-clip", type=float, default=d_meta.grad_clip)
     p.add_argument("--stats-every", type=int, default=d_meta.stats_every)
     p.add_argument("--checkpoint-every", type=int, default=d_meta.checkpoint_every)

@@ -24,6 +24,9 @@ from ..backbones.registry import DTYPES, backbone_name, load_backbone
 from ..data.registry import load_dataset, spec_name
 from ..eval.protocols import FewShotConfig, base_to_new, evaluate_targets, run_config, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
+from ..chc.config import CHCConfig
+from ..meta.trainer import MetaConfig
+from ..prompts import PromptConfig
 from ..tuning.features import FeatureCache
 from .config import Experiment, Row
 
@@ -67,8 +70,30 @@ def plan(exp: Experiment) -> list[Job]:
     return jobs
 
 
-def _same(path: Path, settings: dict) -> bool:
-    return path.is_file() and yaml.safe_load(path.read_text()) == yaml.safe_load(yaml.safe_dump(settings))
+def _plain(obj):
+    return yaml.safe_load(yaml.safe_dump(obj))
+
+
+def same_settings(stored, expected, defaults=None) -> bool:
+    """Equal settings, where a key the stored ones lack counts as equal at its default value: an option
+    added since an output was made does not invalidate it (nor every run after it)."""
+    if not (isinstance(stored, dict) and isinstance(expected, dict)):
+        return stored == expected
+    defaults = defaults if isinstance(defaults, dict) else {}
+    if set(stored) - set(expected):
+        return False
+    missing = object()
+    for key, value in expected.items():
+        if key not in stored:
+            if defaults.get(key, missing) != value:
+                return False
+        elif not same_settings(stored[key], value, defaults.get(key)):
+            return False
+    return True
+
+
+def _same(path: Path, settings: dict, defaults: dict | None = None) -> bool:
+    return path.is_file() and same_settings(yaml.safe_load(path.read_text()), _plain(settings), defaults)
 
 
 def chc_settings(exp: Experiment) -> dict:
@@ -111,31 +136,21 @@ def run_config_for(exp: Experiment, column: str, fs: FewShotConfig) -> dict:
     return run_config(_Named, [column], fs, exp.protocol)
 
 
-_FEWSHOT_DEFAULTS = yaml.safe_load(yaml.safe_dump(asdict(FewShotConfig(method="-"))))
-
-
-def same_run_config(stored: dict, expected: dict) -> bool:
-    """Equal configs, where an option added since the run was made counts as equal at its default value
-    (so adding an option does not invalidate every finished run)."""
-    expected = yaml.safe_load(yaml.safe_dump(expected))
-    for key, value in expected.items():
-        if key not in stored:
-            if _FEWSHOT_DEFAULTS.get(key, object()) != value:
-                return False
-        elif stored[key] != value:
-            return False
-    return set(stored) <= set(expected)
+# the defaults of each stage's settings (see same_settings)
+RUN_DEFAULTS = _plain(asdict(FewShotConfig(method="-")))
+META_DEFAULTS = _plain({"prompt": asdict(PromptConfig()), "meta": asdict(MetaConfig())})
+CHC_DEFAULTS = _plain({"chc": CHCConfig().to_dict()})
 
 
 def job_status(exp: Experiment, job: Job) -> str:
     if job.kind == "chc":
         if (job.out / "hierarchy.parquet").is_file():
-            return DONE if _same(job.out / STAGE, chc_settings(exp)) else STALE
+            return DONE if _same(job.out / STAGE, chc_settings(exp), CHC_DEFAULTS) else STALE
         return PARTIAL if job.out.exists() else PENDING
     if job.kind == "meta":
         from ..meta.run import GRAM_FILE
 
-        same = _same(job.out / STAGE, meta_settings(exp, job.name))
+        same = _same(job.out / STAGE, meta_settings(exp, job.name), META_DEFAULTS)
         if (job.out / GRAM_FILE).is_file():
             return DONE if same else STALE
         return (PARTIAL if same else STALE) if job.out.exists() else PENDING
@@ -144,7 +159,7 @@ def job_status(exp: Experiment, job: Job) -> str:
         return WAITING
     if not (job.out / CONFIG).is_file():
         return PENDING
-    if not same_run_config(RunDir(job.out).config, expected):
+    if not same_settings(RunDir(job.out).config, _plain(expected), RUN_DEFAULTS):
         return STALE
     if not is_finished(job.out):
         return PARTIAL
@@ -192,7 +207,7 @@ class Worker:
         cfg = exp.hierarchy.chc_config()
         feature_settings = settings | {"chc": asdict(cfg.features)}
         if out.exists():  # keep the costly features when only the clustering settings changed
-            same_features = _same(out / "features.yaml", feature_settings)
+            same_features = _same(out / "features.yaml", feature_settings, {"chc": CHC_DEFAULTS["chc"]["features"]})
             for p in out.iterdir():
                 if not (same_features and p.name in ("features", "features.yaml")):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -207,7 +222,7 @@ class Worker:
 
         exp, v, out = self.exp, self.exp.variants[job.name], job.out
         settings = meta_settings(exp, job.name)
-        if out.exists() and not _same(out / STAGE, settings):
+        if out.exists() and not _same(out / STAGE, settings, META_DEFAULTS):
             shutil.rmtree(out)  # other settings: a resumed checkpoint would mix two runs
         out.mkdir(parents=True, exist_ok=True)
         (out / STAGE).write_text(yaml.safe_dump(settings, sort_keys=False))

@@ -28,6 +28,7 @@ from gramprompt.prompts.base import PromptMethod
 logger = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
+AUTOCAST = {"none": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -46,6 +47,9 @@ class MetaConfig:
     checkpoint_every: int = 50
     seed: int = 0
     batched: bool = True  # one text-encoder forward for all tasks' classes where the method allows (meta.batched)
+    # "bf16": the meta-step's forward passes under torch.autocast(bfloat16) (GPU: ~2x the fp32 matmul rate);
+    # theta, phi, Adam and the loss reduction stay fp32
+    autocast: str = "none"
     tasks: TaskConfig = field(default_factory=TaskConfig)
     regulator: RegulatorConfig = field(default_factory=RegulatorConfig)
 
@@ -77,6 +81,8 @@ class MetaTrainer:
     def initial_state(self) -> MetaState:
         if self.cfg.mode not in ("gram", "pretrain"):
             raise ValueError(f"meta-training mode must be 'gram' or 'pretrain', got {self.cfg.mode!r}")
+        if self.cfg.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {sorted(AUTOCAST)}, got {self.cfg.autocast!r}")
         gen = torch.Generator().manual_seed(self.cfg.seed)
         theta = self.method.init_params(gen)
         use_phi = self.cfg.use_regulator and self.cfg.mode == "gram"
@@ -99,7 +105,9 @@ class MetaTrainer:
         while state.iteration < cfg.iterations:
             tasks = [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(cfg.task_batch)]
             with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
-            loss, stats = self._loss(state, tasks, with_stats)
+            with torch.autocast(self.method.backbone.device.type, dtype=AUTOCAST[cfg.autocast] or torch.bfloat16,
+                                enabled=AUTOCAST[cfg.autocast] is not None):
+                loss, stats = self._loss(state, tasks, with_stats)
             params = [*state.theta.values(), *state.phi.values()]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -172,8 +180,9 @@ class MetaTrainer:
         if not path.exists():
             return
         saved, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
+        defaults = json.loads(json.dumps(asdict(MetaConfig())))  # an option added since: saved at its default
         diff = sorted(k for k in set(saved) | set(now)
-                      if k not in self.RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+                      if k not in self.RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k))
         if diff:
             raise ValueError(f"{self.out} holds a checkpoint meta-trained with other settings ({', '.join(diff)}: "
                              f"{ {k: saved.get(k) for k in diff} }); use another --out or delete it")
