@@ -151,10 +151,7 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     def accuracies(method: PromptMethod, params: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
         acc_source = evaluate(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
                               cache_key=(source.name, "all", cfg.max_test_per_class))
-        accs = {t.name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
-                                 batch_size=bs, cache=cache, cache_key=(t.name, "all", cfg.max_test_per_class))
-                for t in targets}
-        return acc_source, accs
+        return acc_source, target_accuracies(method, params, {t.name: t for t in targets}, cfg, cache=cache)
 
     def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
         s, t = accuracies(method, params)
@@ -169,11 +166,10 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     return summary
 
 
-def evaluate_targets(backbone: Backbone, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
-                     cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
-    """Accuracy of already tuned prompts on each target, with its own class names and template (keyed by the
-    given names), so targets can be added to a finished transfer run without tuning again."""
-    method = build_method(cfg.method, backbone, cfg.prompt)
+def target_accuracies(method: PromptMethod, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
+                      cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
+    """Accuracy of tuned prompts on each target, with its own class names and template (keyed by the given
+    names); targets can also be added to a finished transfer run this way, without tuning again."""
     return {name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
                            batch_size=cfg.tune.eval_batch_size, cache=cache,
                            cache_key=(t.name, "all", cfg.max_test_per_class))

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from ..backbones.registry import DTYPES, backbone_name, load_backbone
 from ..data.registry import load_dataset, spec_name
-from ..eval.protocols import FewShotConfig, base_to_new, evaluate_targets, run_config, transfer
+from ..eval.protocols import FewShotConfig, base_to_new, run_config, target_accuracies, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
 from ..meta.trainer import MetaConfig
-from ..prompts import PromptConfig
+from ..prompts import PromptConfig, build_method
 from ..tuning.features import FeatureCache
 from .config import Experiment, Row
 
@@ -256,8 +256,8 @@ class Worker:
         todo = [t for t in self.exp.targets if spec_name(t) not in summary["targets"]]
         params = run.load_prompts()[0] if (job.out / "prompts.safetensors").is_file() else {}
         for spec in todo:
-            accs = evaluate_targets(self.backbone, params, {spec_name(spec): self.dataset(spec)}, fs,
-                                    cache=self.cache)
+            method = build_method(fs.method, self.backbone, fs.prompt)
+            accs = target_accuracies(method, params, {spec_name(spec): self.dataset(spec)}, fs, cache=self.cache)
             summary["targets"].update(accs)
             run.write_summary(summary)  # after each target: a kill loses at most one
         return summary
