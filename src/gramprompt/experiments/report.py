@@ -23,6 +23,8 @@ def experiment_tables(exp: Experiment) -> str:
         parts.append(f"## {table.title}\n\n{body}")
     done = len({(s['dataset'], s['label'], s['seed']) for s in runs})
     total = len(exp.columns if exp.protocol == "base2new" else [exp.source]) * len(exp.rows) * len(exp.seeds)
+    how = ("H of an average row is the harmonic mean of the averaged Base and New." if exp.protocol == "base2new" else
+           "Cells are means over seeds; Average is the mean over the targets.")
     note = (f"{exp.name}: {exp.shots} shots, seeds {', '.join(map(str, exp.seeds))}, backbone {exp.backbone}; "
-            f"{done} of {total} runs finished. H of an average row is the harmonic mean of the averaged Base and New.")
+            f"{done} of {total} runs finished. {how}")
     return "\n\n".join([note, *parts]) + "\n"
