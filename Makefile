@@ -35,6 +35,7 @@ bench: setup
 	$(PYTHON) benchmarks/bench_feature_cache.py
 	$(PYTHON) benchmarks/bench_chc.py
 	$(PYTHON) benchmarks/bench_meta_step.py --threads 1
+	$(PYTHON) benchmarks/bench_paper_scale.py --threads 1
 
 clean:
 	rm -rf .cache runs build *.egg-info
