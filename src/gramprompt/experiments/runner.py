@@ -190,6 +190,7 @@ class Worker:
 
     def __init__(self, exp: Experiment, device: str | None = None):
         self.exp = exp
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.backbone = load_backbone(exp.backbone, device=device, dtype=DTYPES[exp.dtype])
         self.cache = FeatureCache(self.backbone)
         self._datasets: dict = {}

@@ -3,11 +3,12 @@
 Text-only methods (CoOp, CoCoOp) read the frozen image features the CHC feature store already
 holds. Methods whose prompts enter the image encoder (VPT, UNIGRAM) need the encoder's input:
 the backbone's cacheable stem when it has one (the default backbone), read from the store when
-its features stage kept them, else pixels or stems computed on first use per row and kept, since
-tasks revisit the same images many times.
+its features stage kept them, else pixels or stems computed on first use per row and kept (in host
+memory, bounded), since tasks revisit the same images many times.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,17 +48,20 @@ class FeatureInputs:
 
 
 class ImageInputs:
-    """Stems (or pixels) of rows, decoded from ``sources`` on first use and cached."""
+    """Stems (or pixels) of rows, decoded from ``sources`` on first use and kept in host memory, least recently
+    used first out once ``cache_bytes`` is full: at CC3M scale the rows tasks visit do not fit on the GPU."""
 
-    def __init__(self, backbone: Backbone, sources: Sequence[str]):
+    def __init__(self, backbone: Backbone, sources: Sequence[str], cache_bytes: int = 4 << 30):
         self.backbone = backbone
         self.sources = sources
         self.kind = "stems" if backbone.cache_stems else "pixels"
-        self._cache: dict[int, Tensor] = {}
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()
 
     @torch.inference_mode()
-    def _encode(self, rows: list[int]) -> None:
-        todo = [r for r in rows if r not in self._cache]
+    def _encode(self, rows: list[int]) -> dict[int, Tensor]:
+        todo = list(dict.fromkeys(r for r in rows if r not in self._cache))
+        fresh: dict[int, Tensor] = {}
         for start in range(0, len(todo), 64):
             part = todo[start:start + 64]
             pixels = []
@@ -68,10 +72,19 @@ class ImageInputs:
                     raise ImageLoadError(f"row {r}: {err}") from err
             x = torch.stack(pixels).to(self.backbone.device, self.backbone.dtype)
             out = self.backbone.encode_image_stem(x) if self.kind == "stems" else x
-            self._cache.update(zip(part, out.clone()))
+            fresh.update(zip(part, out.cpu()))
+        return fresh
 
     def batch(self, rows: np.ndarray) -> Batch:
         rows = [int(r) for r in rows]
-        self._encode(rows)
-        stacked = torch.stack([self._cache[r] for r in rows])
+        fresh = self._encode(rows)
+        values = [fresh[r] if r in fresh else self._cache[r] for r in rows]
+        for r in rows:
+            if r in self._cache:
+                self._cache.move_to_end(r)
+        self._cache.update(fresh)
+        per_row = values[0].nbytes
+        while len(self._cache) * per_row > self.cache_bytes and self._cache:
+            self._cache.popitem(last=False)
+        stacked = torch.stack(values).to(self.backbone.device)
         return Batch(stems=stacked) if self.kind == "stems" else Batch(pixels=stacked)

@@ -6,6 +6,7 @@ here and counted; bad images are found (and counted) when they are decoded.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tarfile
@@ -129,9 +130,19 @@ def load_pair_image(source) -> Image.Image:
         return load_image(source)
     archive, sep, member = source.partition("#")
     if sep and archive.endswith(".tar") and os.path.isfile(archive):
-        with tarfile.open(archive) as tar:
-            f = tar.extractfile(member)
-            if f is None:
-                raise ImageLoadError(f"{member!r} is not a file in {archive}")
-            return load_image(f.read())
+        st = os.stat(archive)
+        where = _tar_index(archive, st.st_mtime_ns, st.st_size).get(member)
+        if where is None:
+            raise ImageLoadError(f"{member!r} is not a file in {archive}")
+        with open(archive, "rb") as f:
+            f.seek(where[0])
+            return load_image(f.read(where[1]))
     return load_image(source)
+
+
+@functools.lru_cache(maxsize=256)
+def _tar_index(archive: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]]:
+    """member -> (data offset, size) of an uncompressed tar, read once per archive version: finding a member
+    with ``tarfile`` reads every header before it (~0.6 s per image in a 10k-sample shard), a seek does not."""
+    with tarfile.open(archive) as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
