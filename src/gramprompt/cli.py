@@ -202,8 +202,9 @@ def cmd_chc(a: argparse.Namespace) -> int:
     from .chc.report import topic_table
 
     executor = make_executor(a.executor, a.workers, a.ray_address)
+    device = a.device or ("cuda" if torch.cuda.is_available() else None)
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
-                a.features, a.device, report=not a.no_report, agreement_field=a.agreement)
+                a.features, device, report=not a.no_report, agreement_field=a.agreement)
     if h is None:
         print(f"stage {a.stage} done (job {a.shard_index} of {a.num_shards}) in {a.out}")
         return 0
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help=f"backbone spec (image features): {', '.join(SPEC_FORMS)}")
     p.add_argument("--out", required=True, type=Path, help="hierarchy folder (rerun the same command to resume)")
     p.add_argument("--features", type=Path, default=None, help="feature store folder (default OUT/features)")
-    p.add_argument("--device", default=None, help="torch device of the backbone (default cpu)")
+    p.add_argument("--device", default=None, help="torch device of the backbone (default: cuda if available, else cpu)")
     p.add_argument("--stage", choices=list(STAGES), default="all",
                    help="features / assign: this job's shards only; fit: the topic model; "
                         "cluster: whatever is left, then topic words, domains, report")
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
     p.add_argument("--dry-run", action="store_true", help="with run: only list the jobs (same as plan)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(fn=cmd_experiment)
 
     for name, ablations, text in (
