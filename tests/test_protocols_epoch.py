@@ -30,7 +30,7 @@ def _cfg(method="coop", **kw) -> FewShotConfig:
 
 
 def _run(tmp_path, name, backbone, cfg) -> RunDir:
-    return RunDir.create(tmp_path / name, run_config(backbone, ["digits"], cfg, "base2new"))
+    return RunDir.create(tmp_path / name, run_config(backbone.name, ["digits"], cfg, "base2new"))
 
 
 @pytest.mark.parametrize("method", ["coop", "vpt"])
@@ -58,7 +58,7 @@ def test_eval_every_epoch_in_transfer_logs_source_and_targets(backbone, digits, 
     base, new = base_new_split(digits)
     target = dataclasses.replace(new, name="digits-new")  # its own cache keys
     cfg = dataclasses.replace(_cfg(eval_every_epoch=True), tune=TuneConfig(epochs=2, batch_size=4))
-    run = RunDir.create(tmp_path / "t", run_config(backbone, ["digits", "digits-new"], cfg, "transfer"))
+    run = RunDir.create(tmp_path / "t", run_config(backbone.name, ["digits", "digits-new"], cfg, "transfer"))
     s = transfer(backbone, base, [target], cfg, run=run)
     records = [r for r in run.read_metrics() if "test_source" in r]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -104,9 +104,9 @@ def test_init_seeds_differ_on_the_same_few_shot_sample(backbone, digits, tmp_pat
 
 
 def test_defaults_leave_config_yaml_as_it_was(backbone):
-    config = run_config(backbone, ["digits"], FewShotConfig("coop"), "base2new")
+    config = run_config(backbone.name, ["digits"], FewShotConfig("coop"), "base2new")
     assert "init_seed" not in config and "eval_every_epoch" not in config
-    config = run_config(backbone, ["digits"], FewShotConfig("coop", init_seed=2, eval_every_epoch=True), "base2new")
+    config = run_config(backbone.name, ["digits"], FewShotConfig("coop", init_seed=2, eval_every_epoch=True), "base2new")
     assert config["init_seed"] == 2 and config["eval_every_epoch"] is True
 
 

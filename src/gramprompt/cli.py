@@ -80,7 +80,7 @@ def cmd_fewshot(a: argparse.Namespace) -> int:
     cfg = _fewshot_config(a)
     dataset = load_dataset(a.dataset)
     backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
-    run = RunDir.create(a.out, run_config(backbone, [a.dataset], cfg, "base2new"))
+    run = RunDir.create(a.out, run_config(backbone.name, [a.dataset], cfg, "base2new"))
     s = base_to_new(backbone, dataset, cfg, run=run)
     print(f"{s['dataset']} {s['method']} seed {s['seed']}: base {s['base']:.2f}  new {s['new']:.2f}  "
           f"H {s['h']:.2f}  ({s['seconds']:.1f} s) -> {a.out}")
@@ -92,7 +92,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     source = load_dataset(a.source)
     targets = [load_dataset(t) for t in a.targets]
     backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
-    run = RunDir.create(a.out, run_config(backbone, [a.source, *a.targets], cfg, "transfer"))
+    run = RunDir.create(a.out, run_config(backbone.name, [a.source, *a.targets], cfg, "transfer"))
     s = transfer(backbone, source, targets, cfg, run=run)
     accs = "  ".join(f"{k} {v:.2f}" for k, v in s["targets"].items())
     print(f"source {s['dataset']} {s['source']:.2f}  targets: {accs}  -> {a.out}")

@@ -176,7 +176,7 @@ def target_accuracies(method: PromptMethod, params: dict[str, Tensor], targets: 
             for name, t in targets.items()}
 
 
-def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
+def run_config(backbone_name: str, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
     """The resolved config written to a run folder's ``config.yaml``.
 
     ``init_seed`` and ``eval_every_epoch`` appear only when set, so the configs of ordinary runs (which
@@ -186,7 +186,7 @@ def run_config(backbone: Backbone, datasets: list[str], cfg: FewShotConfig, prot
         del fields["init_seed"]
     if not cfg.eval_every_epoch:
         del fields["eval_every_epoch"]
-    return {"protocol": protocol, "backbone": backbone.name, "datasets": datasets, **fields}
+    return {"protocol": protocol, "backbone": backbone_name, "datasets": datasets, **fields}
 
 
 def zero_shot_all_classes(backbone: Backbone, dataset: ClassificationDataset, *, max_per_class: int | None = None,

@@ -130,10 +130,7 @@ def expected_run_config(exp: Experiment, job: Job) -> dict | None:
 
 
 def run_config_for(exp: Experiment, column: str, fs: FewShotConfig) -> dict:
-    class _Named:  # run_config only reads the backbone's name
-        name = backbone_name(exp.backbone)
-
-    return run_config(_Named, [column], fs, exp.protocol)
+    return run_config(backbone_name(exp.backbone), [column], fs, exp.protocol)
 
 
 # the defaults of each stage's settings (see same_settings)
