@@ -36,6 +36,7 @@ bench: setup
 	$(PYTHON) benchmarks/bench_chc.py
 	$(PYTHON) benchmarks/bench_meta_step.py --threads 1
 	$(PYTHON) benchmarks/bench_paper_scale.py --threads 1
+	$(PYTHON) benchmarks/bench_tar_read.py
 
 clean:
 	rm -rf .cache runs build *.egg-info

@@ -32,3 +32,9 @@ def test_meta_step_benchmark_prints_its_table(tmp_path):
                           "--repeats", "1", "--no-default", "--checkpoint", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "| speed-up vs loop |" in out and "% of matmul rate" in out and "batched" in out
+
+
+def test_tar_read_benchmark_prints_its_table():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tar_read.py"), "--quick", "--reads", "20"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "| offset index (`load_pair_image`) |" in out and "Same pixels from both: True" in out
