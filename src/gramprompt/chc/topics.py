@@ -8,9 +8,12 @@ supports it (noise stays noise), otherwise by the nearest topic centroid in the 
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import pickle
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,42 @@ logger = logging.getLogger(__name__)
 
 
 def make_reducer(cfg: TopicConfig, seed: int):
-    """UMAP as BERTopic configures it; a fixed ``random_state`` makes it deterministic (one thread)."""
+    """UMAP as BERTopic configures it; a fixed ``random_state`` makes it deterministic (one thread) once
+    the spectral initialization is fitted under ``seeded_eigsh``."""
     import umap
 
     return umap.UMAP(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components,
                      min_dist=cfg.umap_min_dist, metric=cfg.umap_metric, random_state=seed,
                      low_memory=True, n_jobs=1)
+
+
+@contextlib.contextmanager
+def seeded_eigsh(seed: int) -> Iterator[None]:
+    """Make ``scipy.sparse.linalg.eigsh`` draw ARPACK's restart vectors from a generator seeded with ``seed``.
+
+    UMAP's spectral initialization calls ``eigsh`` with a fixed start vector but no ``rng``. When the
+    Lanczos iteration breaks down, as on small, nearly regular components of the kNN graph (duplicate or
+    near-duplicate captions), scipy restarts from a vector drawn with OS entropy, so the embedding, and
+    then the topics, changed from run to run despite ``random_state`` (lmcinnes/umap#1277; here 119 to
+    123 topics on openclipart). Not thread-safe: it swaps the module attribute for the duration.
+    """
+    import scipy.sparse.linalg as linalg
+
+    original = linalg.eigsh
+    if "rng" not in inspect.signature(original).parameters:  # an older scipy: nothing to seed through
+        yield
+        return
+    generator = np.random.default_rng(seed)
+
+    def eigsh(*args, **kwargs):
+        kwargs.setdefault("rng", generator)
+        return original(*args, **kwargs)
+
+    linalg.eigsh = eigsh
+    try:
+        yield
+    finally:
+        linalg.eigsh = original
 
 
 def make_clusterer(cfg: TopicConfig):
@@ -97,7 +130,7 @@ def fit_topics(x: np.ndarray, rows: np.ndarray, cfg: TopicConfig, seed: int,
                          f"{max(cfg.min_cluster_size, cfg.umap_neighbors)}; lower --min-cluster-size)")
     reducer = reducer if reducer is not None else make_reducer(cfg, seed)
     clusterer = clusterer if clusterer is not None else make_clusterer(cfg)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), seeded_eigsh(seed):
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # umap: seed forces one thread
         z = _reduce_fit(reducer, x)
     raw = _cluster_fit(clusterer, z)
