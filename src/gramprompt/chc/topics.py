@@ -42,8 +42,8 @@ def seeded_eigsh(seed: int) -> Iterator[None]:
     UMAP's spectral initialization calls ``eigsh`` with a fixed start vector but no ``rng``. When the
     Lanczos iteration breaks down, as on small, nearly regular components of the kNN graph (duplicate or
     near-duplicate captions), scipy restarts from a vector drawn with OS entropy, so the embedding, and
-    then the topics, changed from run to run despite ``random_state`` (lmcinnes/umap#1277; here 119 to
-    123 topics on openclipart). Not thread-safe: it swaps the module attribute for the duration.
+    then the topics, changed from run to run despite ``random_state`` (lmcinnes/umap#1277; here 119 or
+    122 topics on openclipart). Not thread-safe: it swaps the module attribute for the duration.
     """
     import scipy.sparse.linalg as linalg
 
