@@ -7,11 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .backbones import BackboneError, load_backbone
-from .backbones.registry import DTYPES, SPEC_FORMS
+from .backbones.registry import DTYPES, SPEC_FORMS, resolve_device
 from .data.dataset import DatasetError
 from .data.registry import SPEC_FORMS as DATASET_FORMS
 from .data.registry import load_dataset
@@ -21,12 +20,6 @@ from .eval.table import render, zero_shot_table
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help=f"backbone spec: {', '.join(SPEC_FORMS)}")
@@ -79,7 +72,7 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
 def cmd_fewshot(a: argparse.Namespace) -> int:
     cfg = _fewshot_config(a)
     dataset = load_dataset(a.dataset)
-    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
     run = RunDir.create(a.out, run_config(backbone.name, [a.dataset], cfg, "base2new"))
     s = base_to_new(backbone, dataset, cfg, run=run)
     print(f"{s['dataset']} {s['method']} seed {s['seed']}: base {s['base']:.2f}  new {s['new']:.2f}  "
@@ -91,7 +84,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     cfg = _fewshot_config(a)
     source = load_dataset(a.source)
     targets = [load_dataset(t) for t in a.targets]
-    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
     run = RunDir.create(a.out, run_config(backbone.name, [a.source, *a.targets], cfg, "transfer"))
     s = transfer(backbone, source, targets, cfg, run=run)
     accs = "  ".join(f"{k} {v:.2f}" for k, v in s["targets"].items())
@@ -125,7 +118,7 @@ def cmd_figure(a: argparse.Namespace) -> int:
 
 
 def cmd_zeroshot(a: argparse.Namespace) -> int:
-    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
     rows = [zero_shot_all_classes(backbone, load_dataset(spec), max_per_class=a.max_test_per_class)
             for spec in tqdm(a.datasets, desc="zero-shot")]
     print(zero_shot_table(rows))
@@ -202,9 +195,8 @@ def cmd_chc(a: argparse.Namespace) -> int:
     from .chc.report import topic_table
 
     executor = make_executor(a.executor, a.workers, a.ray_address)
-    device = a.device or ("cuda" if torch.cuda.is_available() else None)
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
-                a.features, device, report=not a.no_report, agreement_field=a.agreement)
+                a.features, resolve_device(a.device), report=not a.no_report, agreement_field=a.agreement)
     if h is None:
         print(f"stage {a.stage} done (job {a.shard_index} of {a.num_shards}) in {a.out}")
         return 0
@@ -224,7 +216,7 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
     from .meta.tasks import TaskConfig
     from .meta.trainer import MetaConfig
 
-    backbone = load_backbone(a.backbone, device=_device(a.device), dtype=DTYPES[a.dtype])
+    backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
     cfg = MetaConfig(mode="pretrain" if a.pretrain else "gram", iterations=a.iterations, task_batch=a.task_batch,
                      inner_lr=a.inner_lr, inner_steps=a.inner_steps,
                      lr_theta=a.lr_theta, lr_phi=a.lr_phi, second_order=a.second_order,

@@ -10,6 +10,11 @@ SPEC_FORMS = ("default", "default:WEIGHTS.safetensors", "hf:PATH_OR_HUB_ID")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def resolve_device(name: str | None) -> str:
+    """``name``, or where it is unset the GPU when there is one: the commands must not fall back to CPU on a GPU machine."""
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def backbone_name(spec: str) -> str:
     """The ``name`` the backbone loaded from ``spec`` will have (recorded in every run), without loading it."""
     return "default" if spec.partition(":")[0] == "default" else spec

@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..backbones.registry import DTYPES, backbone_name, load_backbone
+from ..backbones.registry import DTYPES, backbone_name, load_backbone, resolve_device
 from ..data.registry import load_dataset, spec_name
 from ..eval.protocols import FewShotConfig, base_to_new, run_config, target_accuracies, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
@@ -187,8 +187,7 @@ class Worker:
 
     def __init__(self, exp: Experiment, device: str | None = None):
         self.exp = exp
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.backbone = load_backbone(exp.backbone, device=device, dtype=DTYPES[exp.dtype])
+        self.backbone = load_backbone(exp.backbone, device=resolve_device(device), dtype=DTYPES[exp.dtype])
         self.cache = FeatureCache(self.backbone)
         self._datasets: dict = {}
 
