@@ -83,6 +83,41 @@ def test_load_image_opaque_palette_unchanged(tmp_path: Path) -> None:
     assert np.asarray(load_image(tmp_path / "p.png")).tolist() == [[[0, 0, 0]]]
 
 
+def test_load_image_scales_16bit_grey_png(tmp_path: Path) -> None:
+    # round(v / 257): 128 -> 0.498 -> 0, 129 -> 0.502 -> 1, 32767 -> 127.498, 32768 -> 127.502
+    values = np.array([[0, 128, 129], [32767, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as raw:
+        assert raw.mode.startswith("I")  # really stored and read as 16-bit
+    out = np.asarray(load_image(tmp_path / "g16.png"))
+    assert out[..., 0].tolist() == [[0, 0, 1], [127, 128, 255]]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+
+
+def _with_orientation(path: Path, orientation: int, fmt: str) -> None:
+    """A 3 x 2 (w x h) grey image [[10, 20, 30], [40, 50, 60]] stored unrotated plus an EXIF tag."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.uint8)
+    Image.fromarray(stored).save(path, format=fmt, exif=exif)
+
+
+@pytest.mark.parametrize("orientation, shown", [
+    (6, [[40, 10], [50, 20], [60, 30]]),  # 6: turn 90 degrees clockwise to display
+    (8, [[30, 60], [20, 50], [10, 40]]),  # 8: turn 90 degrees counter-clockwise
+])
+def test_load_image_applies_exif_orientation(tmp_path: Path, orientation: int, shown: list) -> None:
+    _with_orientation(tmp_path / "o.png", orientation, "PNG")
+    img = load_image(tmp_path / "o.png")
+    assert img.size == (2, 3)
+    assert np.asarray(img)[..., 0].tolist() == shown
+
+
+def test_load_image_rotates_exif_jpeg(tmp_path: Path) -> None:
+    _with_orientation(tmp_path / "o.jpg", 6, "JPEG")
+    assert load_image(tmp_path / "o.jpg").size == (2, 3)
+
+
 def test_load_image_rejects_bad_arrays() -> None:
     with pytest.raises(TypeError):
         load_image(np.zeros((4, 4), dtype=np.float32))

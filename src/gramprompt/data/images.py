@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def load_image(source: ImageSource) -> Image.Image:
     """Load ``source`` (path, encoded bytes, or uint8 array (H, W) / (H, W, 3)) as RGB.
 
     Transparent images (RGBA, LA, palette or grey with a transparency key) are composited
-    onto a white background first.
+    onto a white background first; 16-bit grey is scaled to 8 bits; an EXIF orientation is
+    applied, so photos come out the way cameras and viewers show them.
 
     Pixels are decoded eagerly (``img.load()``) so truncated files fail here, as
     ``ImageLoadError``, rather than later inside a transform.
@@ -44,7 +45,7 @@ def load_image(source: ImageSource) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as img:
             img.load()
-            return _flatten_to_rgb(img)
+            return _flatten_to_rgb(_to_8bit(ImageOps.exif_transpose(img)))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"cannot load image {path!r}: {exc}") from exc
@@ -53,6 +54,22 @@ def load_image(source: ImageSource) -> Image.Image:
 # Modes whose pixels carry alpha; other modes may instead carry a ``transparency`` key
 # (a palette index or colour) in ``img.info``.
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+# Pillow's modes for 16-bit grey (PNG, TIFF); "I" is how older Pillow versions open 16-bit PNGs.
+_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grey as 8-bit ``L``, ``round(v / 257)`` (so 65535 -> 255); other modes unchanged.
+
+    Pillow's ``convert`` clips 16-bit values at 255 instead of scaling them, which turns almost
+    every 16-bit image white. Mode ``I`` is read as 16-bit too (values clipped to 0..65535).
+    """
+    if img.mode not in _16BIT_MODES:
+        return img
+    values = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8))
 
 
 def _flatten_to_rgb(img: Image.Image) -> Image.Image:
