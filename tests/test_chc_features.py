@@ -48,7 +48,7 @@ def test_extraction_counts_bad_pairs_and_aligns_rows(backbone, text_model, tmp_p
     assert counts["corrupt_image"] == 1 and counts["empty_caption"] == 1 and counts["pairs"] == 12
     assert len(store) == 12 and [s.rows for s in store.shards] == [4, 4, 4]
     keys = store.column("key")
-    assert keys == [f"img{i:02d}" for i in range(14) if i not in (3, 5)]
+    assert keys == [f"img{i:02d}.png" for i in range(14) if i not in (3, 5)]
     img = np.concatenate([c for _, c in store.chunks("img")])
     txt = np.concatenate([c for _, c in store.chunks("text")])
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)

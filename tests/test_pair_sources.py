@@ -63,10 +63,10 @@ FOLDER_ROWS: list[dict[str, object]] = [
     {"path": "img/blank.png", "caption": "  \t "},                   # empty_caption
     {"path": "img/number.png", "caption": "12345"},                  # non_text_caption
     {"path": "img/ghost.png", "caption": "not on disk"},             # missing_image
-    {"path": "img/cat.png", "caption": "same key again"},            # duplicate_key (img/cat)
+    {"path": "img/cat.png", "caption": "same key again"},            # duplicate_key (img/cat.png)
     {"path": "img/bird.png", "caption": "a bird"},                   # kept
 ]
-KEPT = [("img/cat", "a cat on a mat"), ("dog-1", "a dog"), ("img/bird", "a bird")]
+KEPT = [("img/cat.png", "a cat on a mat"), ("dog-1", "a dog"), ("img/bird.png", "a bird")]
 ROW_COUNTS = {"pairs": 3, "empty_caption": 2, "non_text_caption": 1, "missing_image": 1,
               "bad_row": 0, "duplicate_key": 1}
 
@@ -128,7 +128,7 @@ def test_folder_accepts_the_captions_file_and_absolute_paths(tmp_path: Path) -> 
     ])
     pairs = FolderPairSource(elsewhere / "train.jsonl").read_shard(0).pairs
     assert [p.source for p in pairs] == [absolute, str(tmp_path / "data" / "img" / "cat.png")]
-    assert [p.key for p in pairs] == [absolute[: -len(".png")], "../data/img/cat"]
+    assert [p.key for p in pairs] == [absolute, "../data/img/cat.png"]
     assert pairs[1].meta == {"license": "cc0"}  # extra columns are kept as meta
 
 
@@ -141,7 +141,7 @@ def test_folder_shards_cut_in_file_order(tmp_path: Path) -> None:
     shards = [source.read_shard(i) for i in range(3)]
     assert [len(s.pairs) for s in shards] == [3, 3, 1]
     assert [s.index for s in shards] == [0, 1, 2]
-    assert [p.key for s in shards for p in s.pairs] == [f"img/n{i}" for i in range(7)]
+    assert [p.key for s in shards for p in s.pairs] == [f"img/n{i}.png" for i in range(7)]
     assert source.read_shard(1).pairs == shards[1].pairs  # re-readable, same order
     with pytest.raises(IndexError):
         source.read_shard(3)
@@ -171,6 +171,21 @@ def test_folder_duplicate_and_bad_rows_are_counted_where_they_lie(tmp_path: Path
                                      "missing_image": 0, "bad_row": 3, "duplicate_key": 1}
 
 
+def test_folder_images_differing_only_in_extension_are_two_pairs(tmp_path: Path) -> None:
+    """a.png and a.jpg are two images, so two pairs; the same path listed twice is still one."""
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (6, 6), (255, 0, 0)).save(tmp_path / "img" / "a.png")
+    Image.new("RGB", (6, 6), (0, 0, 255)).save(tmp_path / "img" / "a.jpg")
+    _write_jsonl(tmp_path / "captions.jsonl", [{"path": "img/a.png", "caption": "a red square"},
+                                               {"path": "img/a.jpg", "caption": "a blue square"},
+                                               {"path": "img/a.png", "caption": "the red one again"}])
+    shard = FolderPairSource(tmp_path).read_shard(0)
+    assert [(p.key, p.caption, p.source) for p in shard.pairs] == [
+        ("img/a.png", "a red square", str(tmp_path / "img" / "a.png")),
+        ("img/a.jpg", "a blue square", str(tmp_path / "img" / "a.jpg"))]
+    assert shard.counts["pairs"] == 2 and shard.counts["duplicate_key"] == 1
+
+
 def test_folder_csv_missing_cells_and_extra_cells(tmp_path: Path) -> None:
     _images(tmp_path)
     (tmp_path / "captions.csv").write_text(
@@ -180,7 +195,7 @@ def test_folder_csv_missing_cells_and_extra_cells(tmp_path: Path) -> None:
         "img/bird.png,a bird,extra\n",  # too many cells: malformed
         encoding="utf-8")
     shard = FolderPairSource(tmp_path).read_shard(0)
-    assert [(p.key, p.caption) for p in shard.pairs] == [("img/cat", "a cat, sitting")]
+    assert [(p.key, p.caption) for p in shard.pairs] == [("img/cat.png", "a cat, sitting")]
     assert shard.counts["empty_caption"] == 1 and shard.counts["bad_row"] == 1
 
 

@@ -115,14 +115,17 @@ def _read_records(path: Path) -> Iterator[object]:
 
 
 def _to_row(record: object) -> _Row | None:
-    """A row with a usable ``path``, else ``None``; the key defaults to the path minus extension."""
+    """A row with a usable ``path``, else ``None``.
+
+    The key defaults to the normalized path, extension included: ``a.png`` and ``a.jpg`` are two
+    images, hence two pairs, while the same file listed twice is one key (a ``duplicate_key``)."""
     if not isinstance(record, dict):
         return None
     path = record.get("path")
     if not isinstance(path, str) or not path.strip():
         return None
     key = record.get("key")
-    key = str(key) if key is not None and str(key).strip() else os.path.splitext(path)[0]
+    key = str(key) if key is not None and str(key).strip() else os.path.normpath(path)
     meta = {k: v for k, v in record.items() if k not in _RESERVED}
     return _Row(key, path, record.get("caption"), meta)
 
@@ -141,7 +144,8 @@ def _mark_duplicates(rows: list[_Row | None]) -> list[_Row | None]:
 
 
 class FolderPairSource:
-    """Pairs listed in a captions file (columns ``path``, ``caption``, optional ``key``).
+    """Pairs listed in a captions file (columns ``path``, ``caption``, optional ``key``, which
+    defaults to the image path as listed).
 
     ``path`` may be the captions file or a folder holding exactly one of ``CAPTION_FILES``.
     Image paths are relative to the captions file's folder (or absolute). Extra columns go
