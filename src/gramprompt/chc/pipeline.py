@@ -29,6 +29,7 @@ from gramprompt.chc.hierarchy import Hierarchy, Topic
 from gramprompt.chc.store import FeatureStore
 from gramprompt.chc.topic_words import ENGLISH_STOP_WORDS, count_words, merge_counts, name_topics
 from gramprompt.chc.topics import TopicModel, assign, fit_topics, nearest_centroid
+from gramprompt.errors import GramError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def fit_stage(store: FeatureStore, cfg: CHCConfig, out: Path, reducer=None, clus
     path = out / "topics" / "model.pkl"
     if path.exists():
         return TopicModel.load(path)
+    if not len(store):
+        skipped = ", ".join(f"{k} {v}" for k, v in store.counts().items() if k != "pairs" and v)
+        raise GramError(f"no pair to cluster in {store.root}: the pair source gave none "
+                        f"(skipped: {skipped or 'nothing'}); check the pair source")
     sims = np.asarray(store.column("sim"), np.float32)
     threshold = sim_threshold(sims, cfg.filter)
     candidates = np.flatnonzero(sims >= threshold) if threshold is not None else np.arange(len(sims))

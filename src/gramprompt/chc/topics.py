@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gramprompt.chc.config import TopicConfig
+from gramprompt.errors import GramError
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +123,20 @@ class TopicModel:
             return pickle.load(f)
 
 
+def _check_enough(n: int, cfg: TopicConfig) -> None:
+    """Name the option(s) that need more than ``n`` pairs, so the user lowers the right one."""
+    needs = {"--umap-neighbors": (cfg.umap_neighbors, cfg.umap_neighbors + 1),
+             "--min-cluster-size": (cfg.min_cluster_size, cfg.min_cluster_size)}
+    short = {opt: (value, need) for opt, (value, need) in needs.items() if n < need}
+    if short:
+        why = " and ".join(f"{opt} {value} needs at least {need}" for opt, (value, need) in short.items())
+        raise GramError(f"{n} pairs are too few to cluster: {why}; lower {' / '.join(short)} or use more pairs")
+
+
 def fit_topics(x: np.ndarray, rows: np.ndarray, cfg: TopicConfig, seed: int,
                reducer=None, clusterer=None) -> TopicModel:
     """Fit on the subsample ``x`` (its global ``rows``); labels are renumbered 0..L-1 by first row."""
-    if len(x) < max(cfg.min_cluster_size, cfg.umap_neighbors + 1):
-        raise ValueError(f"{len(x)} pairs are too few to cluster (need more than "
-                         f"{max(cfg.min_cluster_size, cfg.umap_neighbors)}; lower --min-cluster-size)")
+    _check_enough(len(x), cfg)
     reducer = reducer if reducer is not None else make_reducer(cfg, seed)
     clusterer = clusterer if clusterer is not None else make_clusterer(cfg)
     with warnings.catch_warnings(), seeded_eigsh(seed):

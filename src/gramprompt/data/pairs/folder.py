@@ -60,22 +60,32 @@ def find_captions_file(path: str | os.PathLike) -> Path:
 
 
 def _jsonl_records(path: Path) -> Iterator[object]:
-    """Parsed lines; a malformed line yields ``None`` (a ``bad_row``) instead of failing."""
+    """Parsed lines; a malformed line yields ``None`` (a ``bad_row``) instead of failing.
+
+    The first JSON object is checked like a CSV header: a listing whose objects name their fields
+    otherwise (e.g. ``image``/``text``) is an error there, not a file of bad rows."""
+    header_seen = False
     with open(path, "rb") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line.removeprefix(b"\xef\xbb\xbf"))  # tolerate a UTF-8 BOM
+                record = json.loads(line.removeprefix(b"\xef\xbb\xbf"))  # tolerate a UTF-8 BOM
             except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
                 yield None
+                continue
+            if not header_seen and isinstance(record, dict):
+                _check_columns(f"{path} line {number}", list(record), "field")
+                header_seen = True
+            yield record
 
 
-def _check_columns(path: Path, columns: list[str]) -> None:
+def _check_columns(where: str, columns: list[str], what: str = "column") -> None:
+    """``where`` names the file (and line), ``what`` the kind of name: a column or a JSON field."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise DatasetError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
+            f"{where}: missing {what}(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
 
 
 def _csv_records(path: Path) -> Iterator[object]:
@@ -83,7 +93,7 @@ def _csv_records(path: Path) -> Iterator[object]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
-            _check_columns(path, list(reader.fieldnames or []))
+            _check_columns(str(path), list(reader.fieldnames or []))
             for row in reader:
                 yield None if None in row else row
     except UnicodeDecodeError as exc:
@@ -101,7 +111,7 @@ def _parquet_records(path: Path) -> list[dict[str, Any]]:
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise DatasetError(f"{path}: unreadable Parquet ({exc})") from None
-    _check_columns(path, list(table.column_names))
+    _check_columns(str(path), list(table.column_names))
     return table.to_pylist()
 
 
