@@ -20,45 +20,128 @@ from typing import Any
 import yaml
 
 from ..chc.config import CHCConfig
-from ..data.registry import spec_name
+from ..data.builtin import BUILTIN_DATASETS
+from ..data.dataset import DatasetError
+from ..data.registry import SPEC_FORMS, coop_family_name, dataset_names, spec_name
 from ..eval.protocols import FewShotConfig
 from ..meta.trainer import MetaConfig
-from ..prompts import PromptConfig
+from ..prompts import METHODS, PromptConfig
 
 PROTOCOLS = ("base2new", "transfer")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(ValueError):
-    """An experiment config is malformed; the message names the file and the key."""
+    """An experiment config is malformed. It lists every problem found (each naming its key), so that
+    one ``gram experiment plan`` shows all there is to fix."""
+
+    def __init__(self, *problems: str, where: str = ""):
+        self.problems = problems
+        text = problems[0] if len(problems) == 1 else f"{len(problems)} problems:" + "".join(
+            f"\n  - {p}" for p in problems)
+        super().__init__(f"{where}: {text}" if where else text)
+
+
+def _gather(items: typing.Iterable[tuple[str, typing.Callable[[], Any]]]) -> tuple[dict[str, Any], list[str]]:
+    """Call each maker and keep going past ConfigErrors: their results by key, and every problem."""
+    results, problems = {}, []
+    for key, make in items:
+        try:
+            results[key] = make()
+        except ConfigError as err:
+            problems += err.problems
+    return results, list(dict.fromkeys(problems))  # shared settings checked per row or variant: once
+
+
+def _all(items: typing.Iterable[tuple[str, typing.Callable[[], Any]]]) -> dict[str, Any]:
+    """:func:`_gather` that raises every problem at once."""
+    results, problems = _gather(items)
+    if problems:
+        raise ConfigError(*problems)
+    return results
 
 
 # --------------------------------------------------------------------------- dataclasses from dicts
 
 
-def build(cls: type, data: dict | None, where: str = "") -> Any:
-    """``cls(**data)`` recursively for nested dataclasses; unknown keys are an error, lists become
-    tuples where the field is a tuple."""
-    data = dict(data or {})
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """``cls(**data)``, recursively for nested dataclasses (also inside lists and mappings), with every
+    value checked against its field's type: each unknown or missing key and each value of the wrong
+    type is reported, all at once, as one ConfigError rather than a traceback later in a job."""
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+        raise ConfigError(_at(where, f"expected a mapping, got {data!r}"))
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    problems = []
+    unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        problems.append(_at(where, f"unknown key(s) {unknown}; known: {sorted(fields)}"))
+    missing = [n for n, f in fields.items() if n not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        problems.append(_at(where, f"missing key(s) {missing}"))
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kind = _dataclass_in(hints[name])
-        if kind is not None and isinstance(value, dict):
-            value = build(kind, value, f"{where}.{name}" if where else name)
-        elif isinstance(value, list) and _is_tuple(hints[name]):
-            value = tuple(value)
-        kwargs[name] = value
+    kwargs, wrong = _gather((name, lambda name=name: _convert(data[name], hints[name], _key(where, name)))
+                            for name in data if name in fields)
+    if problems or wrong:
+        raise ConfigError(*problems, *wrong)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+        raise ConfigError(_at(where, str(err))) from err
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """YAML data -> a value of type ``hint``: mappings become dataclasses, lists tuples (item by item),
+    and a string that spells a number a float (YAML 1.1 reads ``1e-3`` as a string)."""
+    for option in _options(hint):
+        kind, args = typing.get_origin(option) or option, typing.get_args(option)
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return build(option, value, where)
+        if kind is tuple and args and isinstance(value, (list, tuple)):  # tuple[X, ...]
+            return tuple(_all((str(i), lambda v=v, i=i: _convert(v, args[0], f"{where}[{i}]"))
+                              for i, v in enumerate(value)).values())
+        if kind is dict and args and isinstance(value, dict):
+            return _all((k, lambda v=v, k=k: _convert(v, args[1], _key(where, k))) for k, v in value.items())
+        if option is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if _is_a(value, option):
+            return value
+    raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _is_a(value: Any, option: Any) -> bool:
+    if option is float:  # an int is a float here, a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(option) or option)
+
+
+def _describe(hint: Any) -> str:
+    """A type as the YAML author sees it: ``int or null``, ``a mapping``, ``a list``."""
+    return " or ".join(map(_describe_one, _options(hint)))
+
+
+def _describe_one(option: Any) -> str:
+    kind = typing.get_origin(option) or option
+    if dataclasses.is_dataclass(option) or kind is dict:
+        return "a mapping"
+    return "a list" if kind is tuple else "null" if option is type(None) else option.__name__
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _at(where: str, text: str) -> str:
+    return f"{where}: {text}" if where else text
 
 
 def _options(hint: Any) -> tuple:
@@ -66,12 +149,35 @@ def _options(hint: Any) -> tuple:
         else (hint,)
 
 
-def _dataclass_in(hint: Any) -> type | None:
-    return next((h for h in _options(hint) if dataclasses.is_dataclass(h)), None)
+# --------------------------------------------------------------------------- dataset specs
 
 
-def _is_tuple(hint: Any) -> bool:
-    return any(typing.get_origin(h) is tuple or h is tuple for h in _options(hint))
+def spec_problem(spec: str) -> str | None:
+    """Why ``spec`` names no dataset, judged by its form as ``load_dataset`` reads it (nothing is loaded);
+    None when it may."""
+    kind, sep, rest = spec.strip().partition(":")
+    if sep and kind.lower() == "imagefolder":
+        return None if rest else "imagefolder:PATH needs a path"
+    if sep and kind.lower() == "coop":
+        name, sep, root = rest.partition(":")
+        if not (name and sep and root):
+            return "coop:NAME:ROOT needs a name and a root"
+        try:
+            coop_family_name(name)
+        except DatasetError as err:
+            return str(err)
+        return None
+    if spec.strip().lower() in BUILTIN_DATASETS:
+        return None
+    return f"unknown dataset (forms: {', '.join(SPEC_FORMS)}; built-in names: {', '.join(dataset_names())})"
+
+
+def spec_path(spec: str) -> Path | None:
+    """The local folder a well-formed spec reads: an image folder or a CoOp data root."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind.lower() == "imagefolder":
+        return Path(rest)
+    return Path(rest.partition(":")[2]) if kind.lower() == "coop" else None
 
 
 # --------------------------------------------------------------------------- the config
@@ -102,6 +208,10 @@ class Row:
     regulator: bool = True  # False: theta* only, plain updates
     init_seed: int | None = None  # seed of a fresh random initialization (None: the run's seed)
     init: str | None = None  # start from this prompts file (e.g. a checkpoint made elsewhere)
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.label)  # frozen
 
 
 @dataclass(frozen=True)
@@ -156,30 +266,91 @@ class Experiment:
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
+        problems = self.problems()
+        if problems:
+            raise ConfigError(*problems)
+
+    def problems(self) -> list[str]:
+        """What is wrong beyond the value types, found without loading any data, so that ``plan`` lists
+        it all and ``run`` starts no job of a config that would fail halfway."""
+        return [*self._structure_problems(), *self._name_problems(), *self._settings_problems()]
+
+    def _structure_problems(self) -> list[str]:
+        out = []
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+            out.append(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.protocol == "base2new" and not self.datasets:
-            raise ValueError("a base2new experiment needs 'datasets'")
+            out.append("a base2new experiment needs 'datasets'")
         if self.protocol == "transfer" and not (self.source and self.targets):
-            raise ValueError("a transfer experiment needs 'source' and 'targets'")
+            out.append("a transfer experiment needs 'source' and 'targets'")
+        if not self.seeds:
+            out.append("seeds: needs at least one seed")
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"duplicate row labels in {labels}")
-        for r in self.rows:
-            if r.variant is not None and r.variant not in self.variants:
-                raise ValueError(f"row {r.label!r} uses variant {r.variant!r}, not among {sorted(self.variants)}")
+            out.append(f"duplicate row labels in {labels}")
+        out += [f"row {r.label!r} uses variant {r.variant!r}, not among {sorted(self.variants)}"
+                for r in self.rows if r.variant is not None and r.variant not in self.variants]
         needs_chc = [n for n, v in self.variants.items() if not (v.supervised or v.checkpoint)]
-        if needs_chc and self.used_variants() & set(needs_chc) and self.hierarchy is None:
-            raise ValueError(f"variant(s) {needs_chc} are meta-trained on a CHC hierarchy: add 'hierarchy'")
+        if self.used_variants() & set(needs_chc) and self.hierarchy is None:
+            out.append(f"variant(s) {needs_chc} are meta-trained on a CHC hierarchy: add 'hierarchy'")
         for t in self.tables:
-            missing = sorted(set(t.rows) - set(labels))
-            if missing:
-                raise ValueError(f"table {t.title!r} lists unknown rows {missing}")
+            unknown = sorted(set(t.rows) - set(labels))
+            if unknown:
+                out.append(f"table {t.title!r} lists unknown rows {unknown}")
             missing = sorted(set(t.columns) - {spec_name(c) for c in self.columns})
             if missing:
-                raise ValueError(f"table {t.title!r} lists columns {missing} that are not in the experiment")
-        self.meta_config()  # fail early on a bad key
-        self.fewshot_config(self.rows[0], self.seeds[0]) if self.rows else None
+                out.append(f"table {t.title!r} lists columns {missing} that are not in the experiment")
+        return out
+
+    def _name_problems(self) -> list[str]:
+        """Unknown prompt methods and dataset specs that cannot name a dataset."""
+        valid = ", ".join(METHODS)
+        out = [f"row {r.label!r}: unknown method {r.method!r} (valid: {valid})"
+               for r in self.rows if r.method not in METHODS]
+        out += [f"variant {n!r}: unknown method {v.method!r} (valid: {valid})"
+                for n, v in self.variants.items() if v.method not in METHODS]
+        return out + [f"{key}: {spec!r}: {why}" for key, spec in self._dataset_specs(self.variants)
+                      if (why := spec_problem(spec)) is not None]
+
+    def _settings_problems(self) -> list[str]:
+        """The settings each job builds its config from: few-shot per row, CHC, meta-training per variant."""
+        makers = [(r.label, lambda r=r: self.fewshot_config(r, 0)) for r in self.rows]  # the seed is not checked
+        if self.hierarchy is not None:
+            makers.append(("hierarchy", self.hierarchy.chc_config))
+        return _gather(makers)[1] + self._meta_problems()
+
+    def _meta_problems(self) -> list[str]:
+        """The shared meta settings' problems once, then what each variant's own overrides add."""
+        shared = _gather([("meta", self.meta_config)])[1]
+        out = []
+        for name, variant in self.variants.items():
+            own = _gather([(name, lambda v=variant: self.meta_config(v))])[1]
+            out += [f"variants.{name}: {p}" for p in own if p not in shared]
+        return shared + out
+
+    def _dataset_specs(self, variants: typing.Iterable[str]) -> list[tuple[str, str]]:
+        """(key, spec) of every dataset the jobs load: the columns, and the named variants' supervised sets."""
+        if self.protocol == "base2new":
+            columns = [("datasets", d) for d in self.datasets]
+        else:
+            columns = [("source", self.source)] * bool(self.source) + [("targets", t) for t in self.targets]
+        return columns + [(f"variants.{n}.supervised", self.variants[n].supervised) for n in variants
+                          if self.variants[n].supervised]
+
+    def missing_inputs(self) -> list[str]:
+        """The local datasets and prompt files the jobs read that do not exist."""
+        trained = [n for n in sorted(self.used_variants()) if self.variants[n].checkpoint is None]
+        out = [f"{key}: {spec!r} reads {path}, which does not exist" for key, spec in self._dataset_specs(trained)
+               if (path := spec_path(spec)) is not None and not path.exists()]
+        return out + [f"row {r.label!r}: init {r.init} does not exist" for r in self.rows
+                      if r.init and not Path(r.init).exists()]
+
+    def check_inputs(self) -> None:
+        """Raise one ConfigError naming every missing input, before any job starts (not at load: the
+        tables of finished runs need no data)."""
+        missing = self.missing_inputs()
+        if missing:
+            raise ConfigError(*missing, where=self.source_file)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -274,14 +445,17 @@ def apply_override(data: dict, assignment: str) -> dict:
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {assignment!r} is not KEY=VALUE (e.g. seeds=[1] or fewshot.tune.epochs=2)")
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment}: not valid YAML ({' '.join(str(err).split())})") from err
     for part in reversed(key.split(".")):
         value = {part: value}
     return _merge(data, value)
 
 
 def load_experiment(ref: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Experiment:
-    """Read, merge, override, expand and check a config."""
+    """Read, merge, override, expand and check a config (every problem at once, see :class:`ConfigError`)."""
     path = resolve_path(ref)
     data = read_raw(path)
     for assignment in overrides:
@@ -289,19 +463,7 @@ def load_experiment(ref: str | os.PathLike, overrides: typing.Sequence[str] = ()
     data = _expand(data)
     data.setdefault("name", path.stem)
     data["source_file"] = str(path)
-    data["rows"] = [_row(r, path) for r in data.get("rows", [])]
-    data["variants"] = {n: build(Variant, v, f"variants.{n}") for n, v in (data.get("variants") or {}).items()}
-    data["tables"] = [build(Table, t, "tables") for t in data.get("tables", [])]
     try:
-        return build(Experiment, data, str(path))
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: {err}") from err
-
-
-def _row(data: Any, path: Path) -> Row:
-    if not isinstance(data, dict) or "label" not in data or "method" not in data:
-        raise ConfigError(f"{path}: each row needs 'label' and 'method', got {data!r}")
-    row = build(Row, data, f"rows.{data['label']}")
-    return row if row.title else dataclasses.replace(row, title=row.label)
+        return build(Experiment, data)
+    except ConfigError as err:
+        raise ConfigError(*err.problems, where=str(path)) from None

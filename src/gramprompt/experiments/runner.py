@@ -166,7 +166,8 @@ def job_status(exp: Experiment, job: Job) -> str:
 
 
 def describe(exp: Experiment) -> str:
-    """The dry run: every job with its status and folder."""
+    """The dry run: every job with its status and folder (after checking that the inputs exist)."""
+    exp.check_inputs()
     jobs = plan(exp)
     lines = [f"{exp.name}: {exp.protocol}, backbone {exp.backbone}, {len(exp.seeds)} seed(s), {exp.shots} shots; "
              f"{sum(j.kind == 'run' for j in jobs)} runs under {Path(exp.root) / 'runs' / exp.group}"]
@@ -285,7 +286,9 @@ def _line(job: Job, s: dict | None) -> str:
 def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
                    worker: Worker | None = None) -> None:
     """Do every job that is not done. CHC runs in this process; meta-training and few-shot runs go to
-    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads)."""
+    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads). Missing inputs
+    fail before any job starts, not after the datasets before them have run."""
+    exp.check_inputs()
     for kind in ("chc", "meta", "run"):  # statuses are read after the previous stage: a new checkpoint makes runs stale
         todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
         if not todo:
