@@ -2,9 +2,11 @@
 
 A pool worker of a killed parent (``kill -9`` gives the parent no chance to clean up) would go on
 running its queued jobs and then idle forever. Every pool of the project starts its workers with
-:func:`die_with_parent` as (part of) the initializer: on Linux the kernel sends them SIGKILL when the
-parent dies (``PR_SET_PDEATHSIG``), and everywhere a daemon thread polls the parent pid, because the
-kernel signal is tied to the parent *thread* that started the worker, not to the parent process.
+:func:`die_with_parent` as (part of) the initializer: a daemon thread polls the parent pid, and on
+Linux the kernel also sends the worker SIGKILL when the parent dies (``PR_SET_PDEATHSIG``), which
+works even while a job holds the GIL. The kernel signal fires when the parent *thread* that started
+the worker exits, not the process, so it is armed only for workers started from the main thread (a
+pool first used from a short-lived thread would otherwise lose its workers with that thread).
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ def _watch(parent: int) -> None:
             os._exit(1)
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Make this (worker) process exit as soon as ``parent`` (default: the current parent) dies."""
+def die_with_parent(parent: int | None = None, kernel_signal: bool = True) -> None:
+    """Make this (worker) process exit as soon as ``parent`` (default: the current parent) dies;
+    ``kernel_signal`` only if the parent thread that started this process lives as long as the parent."""
     parent = os.getppid() if parent is None else parent
-    if sys.platform.startswith("linux"):
+    if kernel_signal and sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):  # not fatal: the watchdog below covers it
@@ -42,8 +45,16 @@ def die_with_parent(parent: int | None = None) -> None:
     threading.Thread(target=_watch, args=(parent,), name="die-with-parent", daemon=True).start()
 
 
-def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
-    die_with_parent(parent)
+class _StartedFromMainThread:
+    """Unpickles to whether the thread that pickled it is the main thread. Spawn pickles a worker's
+    initializer arguments in the thread that starts the worker, whichever thread that is."""
+
+    def __reduce__(self) -> tuple[Callable, tuple[bool]]:
+        return bool, (threading.current_thread() is threading.main_thread(),)
+
+
+def _init(parent: int, from_main_thread: bool, initializer: Callable | None, initargs: tuple) -> None:
+    die_with_parent(parent, kernel_signal=from_main_thread)
     if initializer is not None:
         initializer(*initargs)
 
@@ -51,4 +62,4 @@ def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
 def process_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
     """A spawn-context pool (safe with torch and numba threads) whose workers die with this process."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init,
-                               initargs=(os.getpid(), initializer, initargs))
+                               initargs=(os.getpid(), _StartedFromMainThread(), initializer, initargs))

@@ -7,13 +7,13 @@ instead and each run any executor over their own part.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
+
+from gramprompt.workers import process_pool
 
 
 class Executor(Protocol):
@@ -33,7 +33,8 @@ class SerialExecutor:
 
 
 class ProcessExecutor:
-    """A pool of ``workers`` local processes (spawned: safe with torch and numba threads)."""
+    """A pool of ``workers`` local processes (spawned: safe with torch and numba threads) that die
+    with this process, so a ``kill -9`` of ``gram chc`` leaves none running."""
 
     name = "process"
 
@@ -46,8 +47,7 @@ class ProcessExecutor:
         items = list(items)
         if self.workers == 1 or len(items) <= 1:
             return SerialExecutor().map(fn, items, desc)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+        with process_pool(self.workers) as pool:
             futures = [pool.submit(fn, x) for x in items]
             return [f.result() for f in tqdm(futures, desc=desc, disable=desc is None)]
 
