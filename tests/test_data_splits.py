@@ -124,8 +124,8 @@ def test_empty_class_is_an_error_even_with_allow_fewer() -> None:
     for allow in (False, True):
         with pytest.raises(NotEnoughShotsError, match="class 1 has 0"):
             few_shot(samples, 2, seed=0, allow_fewer=allow)
-    with pytest.raises(NotEnoughShotsError, match="class 3 has 0"):
-        few_shot(samples + _samples({1: 5}), 2, seed=0, num_classes=4)
+    with pytest.raises(NotEnoughShotsError, match=r"class 'd' \(label 3\) has 0"):
+        few_shot(samples + _samples({1: 5}), 2, seed=0, classnames=list("abcd"))
 
 
 def test_few_shot_rejects_bad_shots() -> None:

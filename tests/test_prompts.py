@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import full_length
+from tolerance import assert_fp32_close, clip_logits, hf_clip_tower
+from gramprompt.errors import GramError
 from gramprompt.prompts import METHODS, Batch, PromptConfig, build_method, template_for
 
 NAMES = ["dog", "golden retriever", "annual crop land"]
@@ -32,7 +34,7 @@ def test_coop_prompt_equals_placeholder_reference(backbone, gen):
     emb[:, 1:5] = ctx
     with full_length(backbone):
         ref = backbone.encode_text_embeddings(emb, tok.lengths)
-    assert (ours - ref).abs().max() < 1e-5
+    assert_fp32_close(ours, ref, **hf_clip_tower(backbone))
 
 
 def test_phrase_init_reproduces_the_hand_crafted_prompt(backbone, gen):
@@ -41,7 +43,7 @@ def test_phrase_init_reproduces_the_hand_crafted_prompt(backbone, gen):
     params = coop.init_params(gen)
     assert params["text_ctx"].shape == (4, backbone.text_width)
     batch = _batch(backbone)
-    assert torch.allclose(coop.logits(params, batch, NAMES), zs.logits({}, batch, NAMES), atol=1e-4)
+    assert_fp32_close(coop.logits(params, batch, NAMES), zs.logits({}, batch, NAMES), **clip_logits(backbone))
     with pytest.raises(ValueError, match="tokens"):
         build_method("coop", backbone, PromptConfig(text_tokens=2, text_init="a photo of a")).init_params(gen)
 
@@ -53,7 +55,7 @@ def test_zeroshot_is_scaled_cosine_of_hf_features(backbone):
     txt = F.normalize(_hf(backbone.model.get_text_features(input_ids=ids)), dim=-1)
     img = F.normalize(_hf(backbone.model.get_image_features(pixel_values=batch.pixels)), dim=-1)
     ref = backbone.model.logit_scale.exp() * img @ txt.t()
-    assert torch.allclose(zs.logits({}, batch, NAMES), ref, atol=1e-4)
+    assert_fp32_close(zs.logits({}, batch, NAMES), ref, **clip_logits(backbone, ("text", "vision")))
 
 
 def test_coop_gradient_reaches_only_the_context(backbone, gen):
@@ -71,8 +73,8 @@ def test_cocoop_with_zero_meta_net_output_is_coop(backbone, gen):
     params["meta_w2"].zero_()
     params["meta_b2"].zero_()
     batch = _batch(backbone, n=3)
-    assert torch.allclose(cocoop.logits(params, batch, NAMES),
-                          coop.logits({"text_ctx": params["text_ctx"]}, batch, NAMES), atol=1e-4)
+    assert_fp32_close(cocoop.logits(params, batch, NAMES), coop.logits({"text_ctx": params["text_ctx"]}, batch, NAMES),
+                      **clip_logits(backbone, extra_depth=2))  # + the meta-net's two layers
 
 
 def test_cocoop_conditions_each_image_on_its_own_prompt(backbone, gen):
@@ -82,7 +84,7 @@ def test_cocoop_conditions_each_image_on_its_own_prompt(backbone, gen):
     full = cocoop.logits(params, batch, NAMES)
     for i in range(3):  # image i's logits do not depend on the other images in the batch
         single = cocoop.logits(params, Batch(features=batch.features[i:i + 1]), NAMES)
-        assert torch.allclose(full[i], single[0], atol=1e-4)
+        assert_fp32_close(full[i], single[0], **clip_logits(backbone, extra_depth=2))
 
 
 @pytest.mark.parametrize("name", ["vpt", "vpt-deep", "joint"])
@@ -118,3 +120,31 @@ def test_class_token_cache_is_bounded_and_recomputes_the_same_tokens(backbone):
     assert len(cache._tokens) == TextCache.MAX_CLASS_SETS and ("cat", "dog") not in cache._tokens
     again = cache.class_tokens(["cat", "dog"])
     assert again is not first and torch.equal(again.embeds, first.embeds) and torch.equal(again.lengths, first.lengths)
+
+
+def _cats(k):
+    """A class name of k words "cat", one CLIP BPE token each."""
+    return " ".join(["cat"] * k)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("config", [PromptConfig(), PromptConfig(text_tokens=0, text_init="a photo of a")])
+def test_class_name_must_fit_the_context_length(backbone, name, config):
+    # Both prompt forms have k + 7 tokens: [SOS] "a photo of a" (or 4 context vectors) k x "cat" "." [EOT];
+    # the tiny CLIP's context length is 77, so 70 cats fit exactly and 71 do not.
+    method = build_method(name, backbone, config)
+    method.check_classnames(["dog", _cats(70)])
+    with pytest.raises(GramError, match=r"'cat cat .*' \(78 tokens\) too long .*context length of 77"):
+        method.check_classnames(["dog", _cats(71)])
+
+
+def test_class_name_error_counts_tokens_past_the_context_length(backbone):
+    # 200 cats: the tokenizer truncates at 77, but the error states the real 207 tokens
+    with pytest.raises(GramError, match=r"\(207 tokens\) too long for vpt: its prompt \(template 'a photo of a \{\}.'\)"):
+        build_method("vpt", backbone).check_classnames([_cats(200), "dog"])
+
+
+def test_class_name_of_one_giant_word_is_refused_without_a_count(backbone):
+    # "zq-zq-...-zq" splits at each "-" into far more than 77 tokens, yet holds no space to recount by
+    with pytest.raises(GramError, match=r"\(over 77 tokens\) too long for coop"):
+        build_method("coop", backbone).check_classnames(["-".join(["zq"] * 40)])

@@ -148,10 +148,17 @@ def _load_json_split(name: str, root: Path, layout: JsonLayout) -> Classificatio
 
 
 def _ordered_classnames(names: dict[int, str], source: Path) -> list[str]:
-    """Class names by label; labels must be exactly ``0..n-1``."""
+    """Class names by label; labels must be exactly ``0..n-1``, and their names distinct (two
+    labels that no prompt can tell apart, e.g. ``red_car`` and ``red car``, are an error)."""
     missing = sorted(set(range(len(names))) - set(names))
     if missing:
         raise DatasetError(f"labels in {source} are not 0..{len(names) - 1}; missing {missing[:10]}")
+    label_of: dict[str, int] = {}
+    for label in range(len(names)):
+        first = label_of.setdefault(names[label], label)
+        if first != label:
+            raise DatasetError(f"labels {first} and {label} in {source} both read as class {names[label]!r} "
+                               "(underscores read as spaces): merge or rename them")
     return [names[i] for i in range(len(names))]
 
 

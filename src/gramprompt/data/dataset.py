@@ -35,3 +35,17 @@ class ClassificationDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+
+def require_two_classes(dataset: ClassificationDataset, source: str | None = None) -> None:
+    """Refuse a dataset with fewer than 2 classes (``source``: where it was read from).
+
+    Classification is meaningless with one class, and base-to-new would otherwise fail much
+    later on its empty "new" half with a message that does not say why.
+    """
+    if dataset.num_classes >= 2:
+        return
+    found = f"only one class, {dataset.classnames[0]!r}" if dataset.classnames else "no class"
+    where = f" ({source})" if source else ""
+    raise DatasetError(f"dataset {dataset.name!r}{where} has {found}: base-to-new and classification "
+                       "need at least 2 classes (e.g. one image folder per class)")

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
+from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, require_two_classes
 from gramprompt.data.splits import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,24 @@ def is_image_file(name: str) -> bool:
 def class_dirname_to_name(dirname: str) -> str:
     """Folder names use underscores for spaces (``golden_retriever`` -> ``golden retriever``)."""
     return dirname.replace("_", " ")
+
+
+def _class_names(folders: list[str], root: Path) -> list[str]:
+    """Class names of the sorted class ``folders`` under ``root``, in that order.
+
+    Two folders that read as one name (``red_car`` and ``red car``) are an error: they would
+    become two labels that no prompt can tell apart.
+    """
+    folder_of: dict[str, str] = {}
+    for folder in folders:
+        name = class_dirname_to_name(folder)
+        if name in folder_of:
+            raise DatasetError(
+                f"class folders {folder_of[name]!r} and {folder!r} under {root} both read as class "
+                f"{name!r} (underscores read as spaces): merge them or rename one"
+            )
+        folder_of[name] = folder
+    return list(folder_of)
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
@@ -77,7 +95,7 @@ def load_imagefolder(
     """Load an image-folder dataset; ``name`` defaults to the root folder's name.
 
     Classes are the sorted class-folder names (labels follow that order), underscores read
-    as spaces. A root containing ``train/`` or ``test/`` is read as pre-split (both must
+    as spaces; there must be at least 2, with distinct names. A root containing ``train/`` or ``test/`` is read as pre-split (both must
     exist; ``val/`` is optional; a class may be missing from some splits). Otherwise
     ``test_fraction`` of each class (default 0.3) is held out for test, seeded by ``seed``.
     """
@@ -87,12 +105,19 @@ def load_imagefolder(
     name = name or root.resolve().name
     present = [s for s in SPLIT_DIRS if (root / s).is_dir()]
     if "train" in present or "test" in present:
-        return _load_presplit(root, name, present)
+        dataset = _load_presplit(root, name, present)
+    else:
+        dataset = _load_unsplit(root, name, test_fraction, seed)
+    require_two_classes(dataset, str(root))
+    return dataset
 
+
+def _load_unsplit(root: Path, name: str, test_fraction: float, seed: int) -> ClassificationDataset:
     files = _scan(root)
     if not files:
         raise DatasetError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     classes = sorted(files)
+    classnames = _class_names(classes, root)
     singletons = [str(root / c) for c in classes if len(files[c]) < 2]
     if singletons:
         raise DatasetError(f"a stratified split needs >= 2 images per class; only 1 in {singletons}")
@@ -101,9 +126,7 @@ def load_imagefolder(
         train, test = stratified_split(_samples(files, label_of), test_fraction, seed)
     except ValueError as exc:
         raise DatasetError(f"cannot split {root} with test_fraction={test_fraction}: {exc}") from exc
-    return ClassificationDataset(
-        name=name, classnames=[class_dirname_to_name(c) for c in classes], train=train, test=test
-    )
+    return ClassificationDataset(name=name, classnames=classnames, train=train, test=test)
 
 
 def _load_presplit(root: Path, name: str, present: list[str]) -> ClassificationDataset:
@@ -119,6 +142,7 @@ def _load_presplit(root: Path, name: str, present: list[str]) -> ClassificationD
         else:
             logger.warning("ignoring val/ folder without class folders: %s", root / "val")
     classes = sorted({c for files in per_split.values() for c in files})
+    classnames = _class_names(classes, root)
     label_of = {c: i for i, c in enumerate(classes)}
     samples = {split: _samples(files, label_of) for split, files in per_split.items()}
     for required in ("train", "test"):
@@ -126,7 +150,7 @@ def _load_presplit(root: Path, name: str, present: list[str]) -> ClassificationD
             raise DatasetError(f"no image files in {root / required}")
     return ClassificationDataset(
         name=name,
-        classnames=[class_dirname_to_name(c) for c in classes],
+        classnames=classnames,
         train=samples["train"],
         test=samples["test"],
         val=samples.get("val", []),

@@ -11,17 +11,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from gramprompt.data.dataset import ClassificationDataset, Sample
+from gramprompt.data.dataset import ClassificationDataset, Sample, require_two_classes
 
 class NotEnoughShotsError(ValueError):
     """A class has fewer samples than the requested number of shots."""
 
-    def __init__(self, label: int, available: int, requested: int) -> None:
+    def __init__(self, label: int, available: int, requested: int, classname: str | None = None) -> None:
         self.label, self.available, self.requested = label, available, requested
-        super().__init__(
-            f"class {label} has {available} sample(s) but {requested} shot(s) were asked"
-            + ("" if available == 0 else "; pass allow_fewer=True to take all available")
-        )
+        who = f"class {label}" if classname is None else f"class {classname!r} (label {label})"
+        what_to_do = ("every class needs at least one" if available == 0 else
+                      "lower --shots, or take all it has with --allow-fewer-shots (allow_fewer=True)")
+        super().__init__(f"{who} has {available} sample(s) but {requested} shot(s) were asked; {what_to_do}")
 
 
 def group_by_label(samples: Iterable[Sample]) -> dict[int, list[Sample]]:
@@ -55,6 +55,7 @@ def base_new_split(
     Each half keeps only its classes' samples and is relabelled ``0..k-1`` in label order,
     so e.g. 37 OxfordPets classes give 19 base / 18 new.
     """
+    require_two_classes(dataset)
     labels = sorted(range(dataset.num_classes))
     n_base = math.ceil(len(labels) / 2)
     return _subset(dataset, labels[:n_base]), _subset(dataset, labels[n_base:])
@@ -66,16 +67,16 @@ def few_shot(
     seed: int,
     *,
     allow_fewer: bool = False,
-    num_classes: int | None = None,
+    classnames: Sequence[str] | None = None,
 ) -> list[Sample]:
     """Pick ``shots`` samples per class without replacement, reproducibly from ``seed``.
 
     Classes are visited in sorted label order with one ``np.random.default_rng(seed)``;
     output is grouped by class, and within a class keeps the input order.
 
-    The expected classes are ``0..num_classes-1`` (default ``0..max label``, since labels
-    index class names). A class with fewer than ``shots`` samples raises
-    ``NotEnoughShotsError`` unless ``allow_fewer``, in which case all its samples are taken.
+    The expected classes are those of ``classnames`` (default ``0..max label``, since labels
+    index class names; errors then name a class by its label only). A class with fewer than
+    ``shots`` samples raises ``NotEnoughShotsError`` unless ``allow_fewer``, in which case all its samples are taken.
     A class with no samples at all is always an error: it would silently drop out.
     """
     if shots < 1:
@@ -83,19 +84,22 @@ def few_shot(
     groups = group_by_label(samples)
     if any(label < 0 for label in groups):
         raise ValueError(f"labels must be non-negative, got {min(groups)}")
-    if num_classes is None:
+    if classnames is None:
         if not groups:
             return []
         num_classes = max(groups) + 1
-    elif groups and max(groups) >= num_classes:
-        raise ValueError(f"label {max(groups)} out of range for {num_classes} classes")
+    else:
+        num_classes = len(classnames)
+        if groups and max(groups) >= num_classes:
+            raise ValueError(f"label {max(groups)} out of range for {num_classes} classes")
     rng = np.random.default_rng(seed)
     chosen: list[Sample] = []
     for label in range(num_classes):
         members = groups.get(label, [])
         if len(members) < shots:
             if not allow_fewer or not members:
-                raise NotEnoughShotsError(label, len(members), shots)
+                name = None if classnames is None else classnames[label]
+                raise NotEnoughShotsError(label, len(members), shots, name)
             chosen.extend(members)
             continue
         picked = np.sort(rng.choice(len(members), size=shots, replace=False))

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..backbones.base import Backbone
 from ..data.dataset import ClassificationDataset
 from ..data.splits import base_new_split, few_shot
+from ..errors import GramError
 from ..prompts import PromptConfig, PromptMethod, build_method, template_for
 from ..runs import RunDir, load_prompts
 from ..tuning.config import TuneConfig
@@ -40,6 +41,26 @@ class FewShotConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
+    def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise GramError(f"shots (--shots) must be >= 1, got {self.shots}")
+        _check_max_test(self.max_test_per_class)
+
+
+def _check_max_test(max_per_class: int | None) -> None:
+    """Refuse a test subset of no image per class (which few-shot sampling would report as bad shots)."""
+    if max_per_class is not None and max_per_class < 1:
+        raise GramError(f"max_test_per_class (--max-test-per-class) must be >= 1, or unset for the whole "
+                        f"test split; got {max_per_class}")
+
+
+def check_classnames(backbone: Backbone, cfg: FewShotConfig, datasets: list[ClassificationDataset]) -> None:
+    """Every class name of ``datasets`` must fit the text encoder with ``cfg.method`` and the dataset's
+    template; checked before tuning, since new classes and targets are only met after it."""
+    method = build_method(cfg.method, backbone, cfg.prompt)
+    for dataset in datasets:
+        method.with_template(template_for(dataset.name)).check_classnames(dataset.classnames)
+
 
 def initial_params(method: PromptMethod, cfg: FewShotConfig) -> dict[str, Tensor]:
     """Fresh parameters from ``init_seed`` (default: the run's seed), or the ones stored in ``cfg.init``
@@ -66,7 +87,7 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig
           on_epoch: EpochHook | None = None) -> tuple[PromptMethod, dict[str, Tensor], int]:
     method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
     train = few_shot(dataset.train, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
-                     num_classes=dataset.num_classes)
+                     classnames=dataset.classnames)
     transform = None
     if cfg.init is not None and cfg.regulator:
         from ..meta.checkpoint import regulated_grad_transform
@@ -89,7 +110,7 @@ def _test(dataset: ClassificationDataset, cfg: FewShotConfig) -> list:
     the same images for every run, so runs and seeds stay comparable)."""
     if cfg.max_test_per_class is None:
         return dataset.test
-    return few_shot(dataset.test, cfg.max_test_per_class, 0, allow_fewer=True, num_classes=dataset.num_classes)
+    return few_shot(dataset.test, cfg.max_test_per_class, 0, allow_fewer=True, classnames=dataset.classnames)
 
 
 def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
@@ -117,6 +138,7 @@ def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShot
     """Tune on the base classes' few shots; accuracy on the base and new classes' test images."""
     start = time.perf_counter()
     base, new = base_new_split(dataset)
+    check_classnames(backbone, cfg, [dataset])
     cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
@@ -145,6 +167,7 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
              cfg: FewShotConfig, *, run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
     """Tune on all classes of ``source``; zero-shot accuracy on each target with its own class names."""
     start = time.perf_counter()
+    check_classnames(backbone, cfg, [source, *targets])
     cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
@@ -170,10 +193,17 @@ def target_accuracies(method: PromptMethod, params: dict[str, Tensor], targets: 
                       cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
     """Accuracy of tuned prompts on each target, with its own class names and template (keyed by the given
     names); targets can also be added to a finished transfer run this way, without tuning again."""
-    return {name: evaluate(method.with_template(template_for(t.name)), params, _test(t, cfg), t.classnames,
+    return {name: evaluate(_for_target(method, t), params, _test(t, cfg), t.classnames,
                            batch_size=cfg.tune.eval_batch_size, cache=cache,
                            cache_key=(t.name, "all", cfg.max_test_per_class))
             for name, t in targets.items()}
+
+
+def _for_target(method: PromptMethod, target: ClassificationDataset) -> PromptMethod:
+    """``method`` with the target's template, once the target's class names are known to fit."""
+    method = method.with_template(template_for(target.name))
+    method.check_classnames(target.classnames)
+    return method
 
 
 def run_config(backbone_name: str, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
@@ -192,9 +222,11 @@ def run_config(backbone_name: str, datasets: list[str], cfg: FewShotConfig, prot
 def zero_shot_all_classes(backbone: Backbone, dataset: ClassificationDataset, *, max_per_class: int | None = None,
                           seed: int = 0, cache: FeatureCache | None = None, batch_size: int = 64) -> dict:
     """Hand-crafted-prompt accuracy on all classes of the test split (optionally a seeded subset)."""
+    _check_max_test(max_per_class)
     test = dataset.test if max_per_class is None else few_shot(dataset.test, max_per_class, seed, allow_fewer=True,
-                                                               num_classes=dataset.num_classes)
+                                                               classnames=dataset.classnames)
     method = build_method("zeroshot", backbone, template=template_for(dataset.name))
+    method.check_classnames(dataset.classnames)
     acc = evaluate(method, {}, test, dataset.classnames, batch_size=batch_size, cache=cache,
                    cache_key=(dataset.name, "all", max_per_class, seed))
     chance = 100.0 / dataset.num_classes

@@ -8,6 +8,7 @@ that is what lets GRAM meta-learn the initialization and regulate the updates of
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbones.base import Backbone
+from ..errors import GramError
 from .templates import DEFAULT_TEMPLATE
 from .text import TextCache, splice_context
 
@@ -69,6 +71,47 @@ class PromptMethod:
     def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
         raise NotImplementedError
 
+    def check_classnames(self, classnames: Sequence[str]) -> None:
+        """Refuse class names whose prompt does not fit the text encoder's context length.
+
+        Call it before training, with every class the prompts will meet (new classes, transfer
+        targets): the backbone's tokenizer would cut such a prompt silently (hand-crafted
+        templates), or the first forward on it would fail (learned context), maybe only after
+        training.
+        """
+        limit = self.backbone.context_length
+        lengths = self._prompt_lengths(list(classnames))
+        too_long = [(name, n) for name, n in zip(classnames, lengths) if n is None or n > limit]
+        if not too_long:
+            return
+        listed = ", ".join(f"{_short(name)!r} ({'over ' + str(limit) if n is None else n} tokens)"
+                           for name, n in too_long[:3])
+        more = f" and {len(too_long) - 3} more" if len(too_long) > 3 else ""
+        raise GramError(f"class name(s) {listed}{more} too long for {self.name}: its prompt "
+                        f"({self._prompt_form()}) must fit the text encoder's context length of {limit} "
+                        "tokens; shorten the class name")
+
+    def _prompt_lengths(self, classnames: list[str]) -> list[int | None]:
+        """Tokens of each class's prompt: SOS, any learned context, the text, EOT (``None``: unknown,
+        over the context length)."""
+        if "text_ctx" not in self.groups:
+            return self.text.token_counts([self.template.format(name) for name in classnames])
+        context = self._text_context_tokens()
+        counts = self.text.token_counts([f"{name}." for name in classnames])
+        return [None if n is None else n + context for n in counts]
+
+    def _prompt_form(self) -> str:
+        if "text_ctx" not in self.groups:
+            return f"template {self.template!r}"
+        return f"{self._text_context_tokens()} context tokens + '<name>.'"
+
+    def _text_context_tokens(self) -> int:
+        """M, the learned vectors before the class name (the init phrase's length when text_tokens is 0)."""
+        cfg = self.config
+        if cfg.text_init and not cfg.text_tokens:
+            return self.text.phrase_embeddings(cfg.text_init).shape[0]
+        return cfg.text_tokens
+
     # -- helpers shared by the methods -------------------------------------------------------
     def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         t = torch.randn(shape, generator=generator, dtype=torch.float32) * self.config.init_std
@@ -114,3 +157,8 @@ class PromptMethod:
         embeds, lengths = splice_context(self.text.class_tokens(classnames), ctx)
         feats = self.backbone.encode_text_embeddings(embeds, lengths)
         return feats if ctx.dim() == 2 else feats.view(ctx.shape[0], len(classnames), -1)
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A long class name cut for an error message that stays one readable line."""
+    return name if len(name) <= limit else name[:limit] + "..."

@@ -69,6 +69,26 @@ class TextCache:
             self._tokens.popitem(last=False)
         return self._tokens[key]
 
+    def token_counts(self, texts: list[str]) -> list[int | None]:
+        """Tokens of each text, SOS and EOT included, also past the context length (``None``: longer
+        than the context length by an unknown amount).
+
+        ``Backbone.tokenize`` truncates at the context length, so a text that reaches it is recounted
+        word by word, which is exact for tokenizers that split at whitespace first (CLIP's BPE, BERT's
+        WordPiece); a single word that reaches the context length on its own leaves the count unknown.
+        """
+        if not texts:
+            return []
+        limit = self.backbone.context_length
+        counts = [int(n) for n in self.backbone.tokenize(texts).lengths]
+        return [n if n < limit else self._count_by_word(text) for n, text in zip(counts, texts)]
+
+    def _count_by_word(self, text: str) -> int | None:
+        counts = [int(n) for n in self.backbone.tokenize(text.split()).lengths]
+        if max(counts) >= self.backbone.context_length:
+            return None
+        return 2 + sum(n - 2 for n in counts)
+
     def template_features(self, classnames: list[str], template: str) -> Tensor:
         """Text features of hand-crafted prompts ``template.format(name)``, (C, D), no grad."""
         key = (template, tuple(classnames))

@@ -1,0 +1,125 @@
+"""Bad datasets and options give one clear error naming the culprit, before any training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gramprompt.data.coop import load_coop
+from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
+from gramprompt.data.imagefolder import load_imagefolder
+from gramprompt.data.splits import NotEnoughShotsError, base_new_split
+from gramprompt.errors import GramError
+from gramprompt.eval import protocols
+from gramprompt.eval.protocols import FewShotConfig, base_to_new, transfer, zero_shot_all_classes
+from gramprompt.prompts import METHODS
+from gramprompt.tuning.config import TuneConfig
+
+TOO_LONG = " ".join(["cat"] * 71)  # 78 tokens in "a photo of a {}." and in CoOp's 4 vectors + "{}."
+
+
+def _touch(root: Path, *relpaths: str) -> None:
+    for rel in relpaths:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")  # existence only; images are not decoded at load time
+
+
+def _images(per_class: list[int]) -> list[Sample]:
+    return [Sample(np.full((8, 8, 3), 40 * label, dtype=np.uint8), label)
+            for label, n in enumerate(per_class) for _ in range(n)]
+
+
+def _dataset(counts: dict[str, int], name: str = "toy") -> ClassificationDataset:
+    """Tiny in-memory images: ``counts[class]`` in train and 2 in test per class."""
+    return ClassificationDataset(name=name, classnames=list(counts), train=_images(list(counts.values())),
+                                 test=_images([2] * len(counts)))
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("training started")
+    monkeypatch.setattr(protocols, "train_prompts", fail)
+
+
+# -- one class ------------------------------------------------------------------------------
+
+def test_single_class_dataset_is_refused_by_base_to_new() -> None:
+    with pytest.raises(DatasetError, match=r"'toy' has only one class, 'dog': base-to-new .* at least 2"):
+        base_new_split(_dataset({"dog": 4}))
+
+
+def test_single_class_image_folder_is_refused_at_load(tmp_path: Path) -> None:
+    _touch(tmp_path / "pets", *[f"dog/{i}.jpg" for i in range(4)])
+    with pytest.raises(DatasetError, match=r"only one class, 'dog': .* at least 2 classes"):
+        load_imagefolder(tmp_path / "pets")
+
+
+# -- too few shots --------------------------------------------------------------------------
+
+def test_too_few_shots_names_the_class_and_the_cli_option(backbone, monkeypatch) -> None:
+    _no_training(monkeypatch)
+    cfg = FewShotConfig(method="coop", shots=3)
+    # base = {dog, rare bird}; "rare bird" (label 1) has 2 training images for 3 shots
+    with pytest.raises(NotEnoughShotsError, match=r"class 'rare bird' \(label 1\) has 2 sample\(s\) but 3 shot"
+                                                  r".*--allow-fewer-shots"):
+        base_to_new(backbone, _dataset({"dog": 4, "rare bird": 2, "cat": 4, "cow": 4}), cfg)
+
+
+# -- max test per class ---------------------------------------------------------------------
+
+def test_max_test_per_class_zero_names_the_option(backbone) -> None:
+    with pytest.raises(GramError, match=r"max_test_per_class \(--max-test-per-class\) must be >= 1.* got 0"):
+        FewShotConfig(method="coop", max_test_per_class=0)
+    with pytest.raises(GramError, match=r"--max-test-per-class\) must be >= 1"):
+        zero_shot_all_classes(backbone, _dataset({"dog": 2, "cat": 2}), max_per_class=0)
+
+
+# -- class names too long for the text encoder ------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_too_long_new_class_is_refused_before_training(backbone, monkeypatch, method) -> None:
+    _no_training(monkeypatch)
+    cfg = FewShotConfig(method=method, shots=2, tune=TuneConfig(epochs=1))
+    # the long name is a *new* class: only met after training unless checked first
+    with pytest.raises(GramError, match=rf"'cat cat .*' \(78 tokens\) too long for {method}.* of 77 tokens"):
+        base_to_new(backbone, _dataset({"dog": 2, TOO_LONG: 2}), cfg)
+
+
+def test_too_long_transfer_target_is_refused_before_training(backbone, monkeypatch) -> None:
+    _no_training(monkeypatch)
+    cfg = FewShotConfig(method="vpt", shots=2)
+    target = _dataset({"dog": 2, TOO_LONG: 2}, name="target")
+    with pytest.raises(GramError, match=r"\(78 tokens\) too long for vpt"):
+        transfer(backbone, _dataset({"cow": 2, "cat": 2}), [target], cfg)
+
+
+def test_too_long_class_is_refused_by_zero_shot(backbone) -> None:
+    with pytest.raises(GramError, match=r"\(78 tokens\) too long for zeroshot"):
+        zero_shot_all_classes(backbone, _dataset({"dog": 2, TOO_LONG: 2}))
+
+
+# -- two folders, one class name --------------------------------------------------------------
+
+def test_folders_reading_as_one_class_name_are_an_error(tmp_path: Path) -> None:
+    _touch(tmp_path / "cars", *[f"{c}/{i}.jpg" for c in ("red_car", "red car", "blue_car") for i in range(4)])
+    with pytest.raises(DatasetError, match=r"'red car' and 'red_car' .* both read as class 'red car'"):
+        load_imagefolder(tmp_path / "cars")
+
+
+def test_presplit_folders_reading_as_one_class_name_are_an_error(tmp_path: Path) -> None:
+    _touch(tmp_path / "cars", "train/red_car/1.jpg", "train/blue_car/1.jpg", "test/red car/1.jpg",
+           "test/blue_car/1.jpg")
+    with pytest.raises(DatasetError, match=r"'red car' and 'red_car' .* both read as class 'red car'"):
+        load_imagefolder(tmp_path / "cars")
+
+
+def test_coop_split_labels_reading_as_one_class_name_are_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "eurosat"
+    (folder / "2750").mkdir(parents=True)
+    split = {"train": [["a.jpg", 0, "red_car"], ["b.jpg", 1, "red car"], ["c.jpg", 2, "blue_car"]], "test": []}
+    (folder / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
+    with pytest.raises(DatasetError, match=r"labels 0 and 1 .* both read as class 'red car'"):
+        load_coop("EuroSAT", tmp_path)
