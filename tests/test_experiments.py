@@ -173,6 +173,52 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tiny_clip_dir
     assert all(job_status(exp, j) == DONE for j in plan(exp))
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields from the state on ([0] state, [1] ppid, [19] start time); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid`` with their start times (a pid alone could be reused)."""
+    stats = {int(d.name): _stat(int(d.name)) for d in Path("/proc").iterdir() if d.name.isdigit()}
+    return {p: st[19] for p, st in stats.items() if st is not None and st[1] == str(pid)}
+
+
+def _alive(pid: int, start: str) -> bool:
+    st = _stat(pid)
+    return st is not None and st[19] == start and st[0] != "Z"  # an unreaped zombie runs nothing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_killed_parallel_runner_leaves_no_worker_behind_and_resumes(tiny_clip_dir, tmp_path):
+    cfg = _tiny(tmp_path, tiny_clip_dir, seeds=[1, 2, 3])
+    proc = subprocess.Popen([sys.executable, "-m", "gramprompt.cli", "experiment", "run", str(cfg), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    try:  # kill once a run has finished: both workers are up and busy with the next ones
+        while not _stamps(tmp_path / "root") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        children = _children(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = _stamps(tmp_path / "root")
+    assert len(children) >= 2 and 1 <= len(finished) < 6, "the kill should land while workers run jobs"
+    gone_by = time.monotonic() + 10
+    while any(_alive(*c) for c in children.items()) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not [p for p, start in children.items() if _alive(p, start)], "processes outlived the killed runner"
+    exp = load_experiment(cfg)
+    run_experiment(exp)
+    after = _stamps(tmp_path / "root")
+    assert len(after) == 6 and all(after[p] == t for p, t in finished.items())
+    assert all(job_status(exp, j) == DONE for j in plan(exp))
+
+
 def test_variant_rows_wait_for_their_checkpoint_and_are_redone_when_it_changes(tiny_clip_dir, tmp_path):
     from gramprompt.backbones import load_backbone
     from gramprompt.meta.checkpoint import save_gram

@@ -11,9 +11,7 @@ import hashlib
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from ..chc.config import CHCConfig
 from ..meta.trainer import MetaConfig
 from ..prompts import PromptConfig, build_method
 from ..tuning.features import FeatureCache
+from ..workers import process_pool
 from .config import Experiment, Row
 
 STAGE = "stage.yaml"  # the settings a stage's output was made with
@@ -301,8 +300,7 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
                 tqdm.write(_line(job, getattr(worker, kind)(job)))
             continue
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(exp, device, threads)) as pool:
+        with process_pool(min(jobs, len(todo)), _init_worker, (exp, device, threads)) as pool:  # die with us
             futures = [pool.submit(_pool_job, j) for j in todo]
             try:
                 for f in tqdm(futures, desc=f"{exp.name}: {kind} ({jobs} processes)"):
