@@ -9,20 +9,88 @@ Weights and tokenizer come from the checkpoint unchanged, and tests check the re
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ..data.images import CLIP_MEAN, CLIP_STD, ImageTransform
+from ..errors import GramError
 from .base import TokenizedText
 from .visual_prompts import run_with_prompts
 
+log = logging.getLogger(__name__)
+LISTED = 5  # weight names quoted in an error; the count says how many more
 
-class BackboneError(ValueError):
+
+class BackboneError(GramError):
     """A backbone spec that cannot be loaded (wrong path, unreachable hub id, bad files)."""
+
+
+def listing(names: Iterable[str]) -> str:
+    """The first few of ``names`` (sorted, so messages are stable) and how many there are in all."""
+    names = sorted(names)
+    more = f", ... ({len(names)} in all)" if len(names) > LISTED else ""
+    return ", ".join(names[:LISTED]) + more
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence HF's load report: :func:`_check_loading_info` turns its content into one error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _check_loading_info(name: str, info: dict) -> None:
+    """HF initializes missing or misshapen weights randomly and only warns; such a backbone would
+    run as noise (a BERT directory, a damaged file), so they are an error here."""
+    missing = list(info["missing_keys"])
+    mismatched = [f"{key} (checkpoint {list(got)}, config {list(want)})" for key, got, want in info["mismatched_keys"]]
+    unexpected = list(info["unexpected_keys"])
+    problems = [f"missing weights: {listing(missing)}"] if missing else []
+    if mismatched:
+        problems.append(f"weights of the wrong shape: {listing(mismatched)}")
+    if unexpected and problems:
+        problems.append(f"weights a CLIPModel does not have: {listing(unexpected)}")
+    if problems:
+        raise BackboneError(f"{name!r} is not a complete CLIP checkpoint ({'; '.join(problems)}); "
+                            "pass a full CLIPModel checkpoint in Hugging Face format")
+    if unexpected:
+        log.warning("CLIP checkpoint %r: ignored %d weights a CLIPModel does not have: %s",
+                    name, len(unexpected), listing(unexpected))
+
+
+def _load_clip(source: str, name: str, where: str) -> nn.Module:
+    """``CLIPModel`` from ``source`` with every weight from the checkpoint, or a :class:`BackboneError`."""
+    from transformers import AutoConfig, CLIPModel
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise BackboneError(f"could not load CLIP checkpoint {name!r} as a {where}: {err}") from err
+    if config.model_type != "clip":
+        raise BackboneError(f"{name!r} is a {config.model_type!r} checkpoint, not CLIP (its config.json has "
+                            f"model_type {config.model_type!r}, a CLIP one has 'clip')")
+    try:
+        with _quiet_transformers():
+            model, info = CLIPModel.from_pretrained(source, config=config, output_loading_info=True,
+                                                    ignore_mismatched_sizes=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise BackboneError(f"could not load the weights of CLIP checkpoint {name!r}: {err}") from err
+    _check_loading_info(name, info)
+    return model
 
 
 def _block(layer: nn.Module, x: Tensor, causal: bool) -> Tensor:
@@ -72,7 +140,7 @@ class HFCLIPBackbone(nn.Module):
     def from_pretrained(cls, name_or_path: str, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> "HFCLIPBackbone":
         """Load from a local HF directory, or download a hub id (needs a network)."""
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -81,12 +149,13 @@ class HFCLIPBackbone(nn.Module):
         is_local = local.is_dir()
         if not is_local and (local.exists() or name_or_path.startswith((".", "/", "~"))):
             raise BackboneError(f"backbone path {name_or_path!r} is not a directory with a CLIP checkpoint")
+        source = str(local) if is_local else name_or_path
+        where = "local directory" if is_local else "hub id (is there a network?)"
+        model = _load_clip(source, name_or_path, where)
         try:
-            model = CLIPModel.from_pretrained(str(local) if is_local else name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as err:
-            where = "local directory" if is_local else "hub id (is there a network?)"
-            raise BackboneError(f"could not load CLIP checkpoint {name_or_path!r} as a {where}: {err}") from err
+            raise BackboneError(f"could not load the tokenizer of CLIP checkpoint {name_or_path!r}: {err}") from err
         transform = _transform_from_checkpoint(local if is_local else None, model.config.vision_config.image_size)
         if not is_local:
             try:  # the hub checkpoint's own preprocessing file, already in the local cache

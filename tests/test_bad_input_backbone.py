@@ -1,0 +1,60 @@
+"""Bad backbone input (wrong checkpoints, devices, damaged weight files) is one clear error, not a traceback
+or a silently random model."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gramprompt.backbones import BackboneError, load_backbone
+
+
+# --- hf: checkpoints that are not (complete) CLIP ---------------------------------------------------------
+
+def _clip_copy(src, dst, edit) -> str:
+    """A copy of the tiny CLIP checkpoint whose weights went through ``edit`` (a dict -> dict)."""
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    save_file(edit(load_file(weights)), weights, metadata={"format": "pt"})
+    return f"hf:{dst}"
+
+
+def test_a_bert_checkpoint_is_not_a_clip_backbone(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(BackboneError, match="'bert' checkpoint, not CLIP"):
+        load_backbone(f"hf:{tmp_path / 'bert'}")
+
+
+def test_a_clip_checkpoint_missing_a_weight_names_it(tiny_clip_dir, tmp_path):
+    spec = _clip_copy(tiny_clip_dir, tmp_path / "clip", lambda sd: {k: v for k, v in sd.items() if k != "logit_scale"})
+    with pytest.raises(BackboneError, match=r"not a complete CLIP checkpoint \(missing weights: logit_scale\)"):
+        load_backbone(spec)
+
+
+def test_many_missing_weights_are_listed_first_few_and_counted(tiny_clip_dir, tmp_path):
+    removed = sorted(k for k in load_file(tiny_clip_dir / "model.safetensors") if k.startswith("text_model."))
+    spec = _clip_copy(tiny_clip_dir, tmp_path / "clip", lambda sd: {k: v for k, v in sd.items() if k not in removed})
+    with pytest.raises(BackboneError) as err:
+        load_backbone(spec)
+    assert f"missing weights: {', '.join(removed[:5])}, ... ({len(removed)} in all)" in str(err.value)
+
+
+def test_a_weight_of_the_wrong_shape_is_an_error(tiny_clip_dir, tmp_path):
+    spec = _clip_copy(tiny_clip_dir, tmp_path / "clip", lambda sd: {**sd, "text_projection.weight": torch.zeros(16, 32)})
+    with pytest.raises(BackboneError, match=re.escape("text_projection.weight (checkpoint [16, 32], config [32, 32])")):
+        load_backbone(spec)
+
+
+def test_a_truncated_clip_weights_file_is_an_error(tiny_clip_dir, tmp_path):
+    shutil.copytree(tiny_clip_dir, tmp_path / "clip")
+    weights = tmp_path / "clip" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(BackboneError, match="could not load the weights of CLIP checkpoint"):
+        load_backbone(f"hf:{tmp_path / 'clip'}")
