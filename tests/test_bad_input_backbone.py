@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gramprompt.backbones import BackboneError, load_backbone
+from gramprompt.backbones.registry import resolve_device
+from gramprompt.cli import main
 
 
 # --- hf: checkpoints that are not (complete) CLIP ---------------------------------------------------------
@@ -58,3 +60,38 @@ def test_a_truncated_clip_weights_file_is_an_error(tiny_clip_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(BackboneError, match="could not load the weights of CLIP checkpoint"):
         load_backbone(f"hf:{tmp_path / 'clip'}")
+
+
+# --- devices ---------------------------------------------------------------------------------------------
+
+def test_an_unknown_device_name_lists_the_valid_forms():
+    for name in ("gpu", "cuda:x", "meta"):
+        with pytest.raises(BackboneError, match=rf"unknown device '{re.escape(name)}'; valid forms: cpu, cuda, cuda:N, mps"):
+            resolve_device(name)
+
+
+def test_cuda_without_cuda_says_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackboneError, match="'cuda' was requested but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device(None) == "cpu" and resolve_device("cpu") == "cpu"
+
+
+def test_a_cuda_index_beyond_the_devices_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0" and resolve_device(None) == "cuda"
+    with pytest.raises(BackboneError, match="has 1 CUDA device"):
+        resolve_device("cuda:1")
+
+
+def test_mps_without_mps_says_so(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(BackboneError, match="MPS .* is not available"):
+        resolve_device("mps")
+
+
+def test_gram_reports_a_bad_device_as_one_error_line(capsys):
+    assert main(["zeroshot", "--backbone", "default", "--device", "gpu", "--datasets", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gram: error: unknown device 'gpu'") and "\n" not in err

@@ -22,6 +22,7 @@ from ..visual_prompts import run_with_prompts
 
 FEATURE_DIM = 1280  # EfficientNet-Lite0's last feature map channels
 MAP_TOKENS = 49  # its 7x7 grid at 224 px
+IMAGENET_CLASSES = 1000  # rows of the ConSE label embeddings: the frozen classifier's labels
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class ImageHead(nn.Module):
     def conse(self, imagenet_logits: Tensor) -> Tensor:
         """ConSE: sum of the top-k label-name embeddings weighted by their renormalized probability."""
         top, idx = imagenet_logits.float().softmax(-1).topk(self.cfg.conse_topk, dim=-1)
-        weights = top / top.sum(-1, keepdim=True)
+        weights = (top / top.sum(-1, keepdim=True)).to(self.label_embeddings.dtype)  # softmax in fp32, mix in ours
         return F.normalize(torch.einsum("bk,bkd->bd", weights, self.label_embeddings[idx]), dim=-1)
 
     def base(self, pooled: Tensor, imagenet_logits: Tensor) -> Tensor:
