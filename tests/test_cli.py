@@ -175,4 +175,4 @@ def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tm
 
     plain = prompts("half", "plain", "--no-regulator")
     torch.testing.assert_close(prompts("id", "identity"), plain)  # identity R_phi == plain SGD
-    assert not torch.allclose(prompts("half", "half"), plain, atol=1e-6)
+    assert not torch.allclose(prompts("half", "halved"), plain, atol=1e-6)

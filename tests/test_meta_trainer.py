@@ -1,10 +1,13 @@
 """Meta-training loop: a killed run resumes to exactly the uninterrupted result; bad batches skipped."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from gramprompt.errors import GramError, NonFiniteError
 from gramprompt.meta.inputs import FeatureInputs
 from gramprompt.meta.tasks import TaskConfig, TaskSampler
 from gramprompt.meta.trainer import MetaConfig, MetaTrainer
@@ -55,9 +58,57 @@ def test_killed_run_resumes_to_the_same_result(backbone, data, tmp_path):
 
 def test_non_finite_batches_are_skipped_and_counted(backbone, data, tmp_path):
     sampler, inputs = data
-    inputs.features[0:30] = float("nan")  # every task with "apple" is poisoned
-    state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(), tmp_path / "nan").run()
-    assert state.skipped > 0 and all(torch.isfinite(v).all() for v in [*state.theta.values(), *state.phi.values()])
+    inputs.features[5] = float("nan")  # one poisoned image: a few batches skipped, the run goes on
+    state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(iterations=30, checkpoint_every=30),
+                        tmp_path / "one").run()
+    assert 0 < state.skipped <= 3 and all(torch.isfinite(v).all() for v in [*state.theta.values(), *state.phi.values()])
+    inputs.features[0:30] = float("nan")  # every task with "apple" is poisoned: most batches, no theta*
+    with pytest.raises(NonFiniteError, match="3 of 6 steps"):
+        MetaTrainer(build_method("coop", backbone), sampler, inputs, config(), tmp_path / "nan").run()
+
+
+@pytest.mark.parametrize("setting", [{"lr_theta": float("nan")}, {"inner_lr": float("inf")}, {"lr_phi": 0.0}])
+def test_non_finite_rates_are_refused_before_training(backbone, data, tmp_path, setting):
+    with pytest.raises(NonFiniteError, match=next(iter(setting))):
+        MetaTrainer(build_method("coop", backbone), *data, config(**setting), tmp_path).run()
+    assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("setting", [{"lr_theta": 1e30}, {"inner_lr": 1e30}])
+def test_rates_that_break_theta_fail_without_a_result(backbone, data, tmp_path, setting):
+    """lr_theta 1e30: theta = 1e30 after one step, then every loss is NaN; inner_lr 1e30: every batch NaN."""
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        MetaTrainer(build_method("coop", backbone), *data, config(iterations=40, **setting), tmp_path).run()
+
+
+def test_resume_never_unpickles_code(backbone, data, tmp_path):
+    """A planted pickle in checkpoint/state.pt must not run: checkpoints load with weights_only."""
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    MetaTrainer(method, sampler, inputs, config(), tmp_path).run()
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"iteration": 3, "skipped": 0, "rng": {}, "optimizer": Planted()}, tmp_path / "checkpoint" / "state.pt")
+    with pytest.raises(GramError, match="cannot be loaded safely"):
+        MetaTrainer(method, sampler, inputs, config(iterations=8), tmp_path).run()
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(backbone, data, tmp_path):
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    MetaTrainer(method, sampler, inputs, config(), tmp_path).run()
+    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"truncated")
+    with pytest.raises(GramError, match="checkpoint"):
+        MetaTrainer(method, sampler, inputs, config(iterations=8), tmp_path).run()
+    params = tmp_path / "checkpoint" / "params.safetensors"
+    params.write_bytes(params.read_bytes()[:40])
+    with pytest.raises(GramError, match="damaged"):
+        MetaTrainer(method, sampler, inputs, config(iterations=8), tmp_path).run()
 
 
 def test_no_regulator_ablation_has_no_phi(backbone, data, tmp_path):

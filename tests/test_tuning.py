@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from gramprompt.data.dataset import Sample
 from gramprompt.prompts import Batch, build_method
+from gramprompt.errors import NonFiniteError
 from gramprompt.tuning.config import TuneConfig, lr_at_epoch
 from gramprompt.tuning.features import encode_images
 from gramprompt.tuning.train import train_prompts
+from tolerance import assert_fp32_close, hf_clip_tower
 
 NAMES = ["zero", "one", "two"]
 
@@ -43,7 +45,12 @@ def test_one_step_equals_hand_computed_sgd(backbone, gen):
     (g,) = torch.autograd.grad(loss, ctx)
     lr = lr_at_epoch(cfg, 0)
     expected = init["text_ctx"] - lr * (g + cfg.weight_decay * init["text_ctx"])
-    assert torch.allclose(out["text_ctx"], expected, atol=1e-6)
+    # fp32 rounding (tests/tolerance.py) of the image features, the text tower forward and backward
+    # (+ norms, logits, cross-entropy, batch mean) and the update, at the size of the update's terms
+    image, text = hf_clip_tower(backbone, "vision"), hf_clip_tower(backbone, "text", extra_depth=4)
+    assert_fp32_close(out["text_ctx"], expected, terms=max(image["terms"], text["terms"]),
+                      depth=image["depth"] + 2 * text["depth"] + 1,
+                      scale=float(init["text_ctx"].abs().max() + lr * g.abs().max()))
 
 
 def test_training_is_seeded(backbone, gen):
@@ -66,10 +73,39 @@ def test_gradient_hook_and_nan_guard(backbone, gen):
     identity = train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1, grad_transform=lambda g: g)
     assert torch.equal(plain["visual_ctx"], identity["visual_ctx"])
     assert not torch.equal(plain["visual_ctx"], init["visual_ctx"])
-    poisoned = train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1, log=logged.append,
-                             grad_transform=lambda g: {k: v * float("nan") for k, v in g.items()})
-    assert torch.equal(poisoned["visual_ctx"], init["visual_ctx"])  # every step skipped, nothing applied
+    with pytest.raises(NonFiniteError, match="6 of 6 steps"):  # every step skipped: no result, not init back
+        train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1, log=logged.append,
+                      grad_transform=lambda g: {k: v * float("nan") for k, v in g.items()})
     assert [r["skipped_steps"] for r in logged] == [3, 3]
+    calls, logged = [], []
+
+    def poison_first(g):  # 1 of 12 steps: a counted skip within MAX_SKIPPED, the run goes on
+        calls.append(1)
+        return {k: v * float("nan") for k, v in g.items()} if len(calls) == 1 else g
+
+    once = train_prompts(vpt, init, _samples(), NAMES, TuneConfig(epochs=4, batch_size=4, lr=0.1), seed=1,
+                         log=logged.append, grad_transform=poison_first)
+    assert [r["skipped_steps"] for r in logged] == [1, 0, 0, 0] and torch.isfinite(once["visual_ctx"]).all()
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_non_finite_or_non_positive_lr_is_refused_before_training(backbone, gen, lr):
+    coop = build_method("coop", backbone)
+    with pytest.raises(NonFiniteError, match="learning rate"):
+        train_prompts(coop, coop.init_params(gen), _samples(), NAMES, TuneConfig(epochs=1, lr=lr), seed=1)
+
+
+def test_non_finite_initial_prompts_and_updates_are_errors(backbone, gen):
+    coop = build_method("coop", backbone)
+    init = coop.init_params(gen)
+    bad = {"text_ctx": init["text_ctx"].clone()}
+    bad["text_ctx"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="initial prompts: text_ctx"):
+        train_prompts(coop, bad, _samples(), NAMES, TuneConfig(epochs=1), seed=1)
+    # a finite gradient times a finite but huge lr overflows the parameters: an error, not a NaN result
+    with pytest.raises(NonFiniteError, match="made text_ctx non-finite"):
+        train_prompts(coop, init, _samples(), NAMES, TuneConfig(epochs=1, lr=1e38, momentum=0.0, warmup_epochs=0), seed=1,
+                      grad_transform=lambda g: {k: v * 1e10 for k, v in g.items()})
 
 
 def test_zero_shot_has_nothing_to_train(backbone, gen):

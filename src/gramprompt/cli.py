@@ -9,12 +9,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .backbones import BackboneError, load_backbone
+from .backbones import load_backbone
 from .backbones.registry import DTYPES, SPEC_FORMS, resolve_device
-from .data.dataset import DatasetError
 from .data.registry import SPEC_FORMS as DATASET_FORMS
 from .data.registry import load_dataset
-from .data.splits import NotEnoughShotsError
+from .errors import USER_ERRORS, RunFolderError
 from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
 from .eval.table import render, zero_shot_table
 from .prompts import METHODS, PromptConfig
@@ -27,6 +26,11 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="precision of the frozen backbone")
 
 
+def _add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run with other settings in --out (default: refuse; the same settings are redone)")
+
+
 def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     d_tune, d_prompt = TuneConfig(), PromptConfig()
     p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
@@ -34,6 +38,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=16, help="training images per class (default 16)")
     p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample, init and shuffling")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    _add_overwrite_arg(p)
     p.add_argument("--init", default=None,
                    help="start from these prompts (.safetensors or run folder), e.g. GRAM's gram.safetensors")
     p.add_argument("--no-regulator", action="store_true",
@@ -69,11 +74,18 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))
 
 
+def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:
+    """The run folder --out; the prompts of --init must not be among the files a rerun there replaces."""
+    if a.init is not None and Path(a.out).resolve() in Path(a.init).resolve().parents:
+        raise RunFolderError(f"--init {a.init} lies inside --out {a.out}, where this run writes: use another --out")
+    return RunDir.create(a.out, config, overwrite=a.overwrite)
+
+
 def cmd_fewshot(a: argparse.Namespace) -> int:
     cfg = _fewshot_config(a)
     dataset = load_dataset(a.dataset)
     backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
-    run = RunDir.create(a.out, run_config(backbone.name, [a.dataset], cfg, "base2new"))
+    run = _run_dir(a, run_config(backbone.name, [a.dataset], cfg, "base2new"))
     s = base_to_new(backbone, dataset, cfg, run=run)
     print(f"{s['dataset']} {s['method']} seed {s['seed']}: base {s['base']:.2f}  new {s['new']:.2f}  "
           f"H {s['h']:.2f}  ({s['seconds']:.1f} s) -> {a.out}")
@@ -85,7 +97,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     source = load_dataset(a.source)
     targets = [load_dataset(t) for t in a.targets]
     backbone = load_backbone(a.backbone, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
-    run = RunDir.create(a.out, run_config(backbone.name, [a.source, *a.targets], cfg, "transfer"))
+    run = _run_dir(a, run_config(backbone.name, [a.source, *a.targets], cfg, "transfer"))
     s = transfer(backbone, source, targets, cfg, run=run)
     accs = "  ".join(f"{k} {v:.2f}" for k, v in s["targets"].items())
     print(f"source {s['dataset']} {s['source']:.2f}  targets: {accs}  -> {a.out}")
@@ -226,7 +238,7 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      regulator=RegulatorConfig(a.regulator, scale_invariant=a.scale_invariant))
     prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
     path, state = meta_train(a.supervised or a.hierarchy, backbone, a.method, a.out, cfg, prompt,
-                             supervised=a.supervised is not None)
+                             supervised=a.supervised is not None, overwrite=a.overwrite)
     print(f"{state.iteration} meta-iterations ({state.skipped} skipped batches); theta* and phi* in {path}")
     print(f"use it: gram fewshot --init {path} --method {a.method} ...")
     return 0
@@ -388,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
                    help="prompt method GRAM wraps: coop, cocoop, vpt, vpt-deep, joint (UNIGRAM: joint, 2+2 tokens)")
     p.add_argument("--out", required=True, type=Path, help="run folder; rerun the same command to resume")
+    _add_overwrite_arg(p)
     p.add_argument("--iterations", type=int, default=d_meta.iterations)
     p.add_argument("--task-batch", type=int, default=d_meta.task_batch, help="tasks per meta-batch (B)")
     p.add_argument("--ways", type=int, default=d_task.ways, help="classes per task (K_t)")
@@ -466,13 +479,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; OS errors name the file (``[Errno 13] ...`` says nothing to a user)."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return args.fn(args)
-    except (DatasetError, BackboneError, NotEnoughShotsError, FileNotFoundError, ModuleNotFoundError, ValueError) as err:
-        print(f"gram: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:  # bad input: one line, exit 2 (anything else is a bug and keeps its traceback)
+        print(f"gram: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gram: interrupted", file=sys.stderr)

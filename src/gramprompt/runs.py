@@ -7,20 +7,29 @@ Layout of a run directory::
     prompts.safetensors  learned prompt tensors (+ metadata under the "gramprompt" key)
     prompts.json         the same metadata as a readable sidecar
     summary.json         final results; its presence marks the run as finished
+
+A folder holds one run. :meth:`RunDir.create` refuses a folder that holds another run (other
+settings, or run files without a config) unless told to overwrite it, and never leaves an old
+``summary.json`` or old prompts beside a new run: a run with the same settings is resumed (when the
+caller can resume) or its outputs are removed before it is redone.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .errors import GramError, RunFolderError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -28,6 +37,10 @@ SUMMARY = "summary.json"
 PROMPTS = "prompts.safetensors"
 PROMPTS_META = "prompts.json"
 META_KEY = "gramprompt"
+# what runs write into their folder (meta-training adds its checkpoint folders and gram.safetensors);
+# other files (e.g. the experiment runner's stage.yaml) are left alone
+RUN_FILES = (SUMMARY, CONFIG, METRICS, PROMPTS, PROMPTS_META, "gram.safetensors", "checkpoint", "checkpoint.old",
+             "checkpoint.tmp")
 
 
 def _plain(obj: Any) -> Any:
@@ -41,6 +54,17 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "tolist") and callable(obj.tolist):  # torch.Tensor, np.ndarray, np scalars
         return obj.tolist()
     return obj
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {dotted.key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -72,13 +96,55 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, path: str | os.PathLike, config: dict) -> RunDir:
-        """Make the folder (parents too) and record the resolved config."""
+    def create(cls, path: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False,
+               may_differ: Iterable[str] = ()) -> RunDir:
+        """Make the folder (parents too) and record the resolved config.
+
+        A folder that already holds this run (the same config, up to the dotted keys ``may_differ``)
+        is kept as it is with ``resume`` (the caller continues from its checkpoint), else its outputs are
+        removed and the run is redone. A folder holding another run is an error unless ``overwrite``."""
         run = cls(Path(path))
-        run.path.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(_plain(config), sort_keys=False)
-        _atomic_text(run.path / CONFIG, text)
+        config = _plain(config)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunFolderError(f"--out {run.path} is a file, not a folder")
+        held = [p.name for p in run.path.iterdir() if p.name in RUN_FILES] if run.path.is_dir() else []
+        if held and not overwrite:
+            diff = run._differences(config, set(may_differ))
+            if diff:
+                raise RunFolderError(f"{run.path} holds another run ({diff}); use another --out, or --overwrite "
+                                     "to replace it")
+        if held and not (resume and not overwrite):
+            run.clear()
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            _atomic_text(run.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        except OSError as err:
+            raise RunFolderError(f"cannot write the run folder {run.path}: {err.strerror or err}") from err
         return run
+
+    def _differences(self, config: dict, may_differ: set[str]) -> str:
+        """Why the folder's run is another run ('' when it is this one)."""
+        if not (self.path / CONFIG).is_file():
+            return "run files without a config.yaml"
+        try:
+            stored = self.config
+        except (OSError, yaml.YAMLError) as err:
+            return f"an unreadable config.yaml: {err}"
+        keys = sorted(k for k in _flat(stored).keys() | _flat(config).keys()
+                      if k not in may_differ and _flat(stored).get(k) != _flat(config).get(k))
+        if not keys:
+            return ""
+        shown = ", ".join(f"{k}: {_flat(stored).get(k)!r} there, {_flat(config).get(k)!r} now" for k in keys[:3])
+        return f"other settings: {shown}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    def clear(self) -> None:
+        """Remove the run's outputs, summary first: a kill midway leaves an unfinished run, never a stale result."""
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
     @property
     def config(self) -> dict:
@@ -151,11 +217,16 @@ def load_prompts(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if path.is_dir():
         path = path / PROMPTS
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        embedded = (f.metadata() or {}).get(META_KEY)
-    if embedded is not None:
-        return tensors, json.loads(embedded)
+    if not path.is_file():
+        raise FileNotFoundError(f"no prompts file {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            embedded = (f.metadata() or {}).get(META_KEY)
+        if embedded is not None:
+            return tensors, json.loads(embedded)
+    except (SafetensorError, json.JSONDecodeError, OSError) as err:
+        raise GramError(f"{path} is not a readable prompts file (damaged or truncated?): {err}") from err
     sidecar = path.parent / PROMPTS_META
     return tensors, json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
 

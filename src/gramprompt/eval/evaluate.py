@@ -8,9 +8,17 @@ from torch import Tensor
 
 from ..data.dataset import Sample
 from ..data.images import load_batch
+from ..errors import NonFiniteError
 from ..prompts.base import Batch, PromptMethod
 from ..tuning.features import FeatureCache, encode_images, input_kind
 from .metrics import accuracy
+
+def _predict(logits: Tensor) -> Tensor:
+    """argmax of the logits; NaN logits would all be 'class 0' and score like a real model."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError("the prompts give non-finite logits (NaN or infinite prompt values?): no accuracy")
+    return logits.argmax(-1)
+
 
 # CoCoOp-style methods encode (images x classes) prompts per batch: cap that product.
 MAX_TEXT_SEQUENCES = 4096
@@ -29,7 +37,7 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
             pixels, kept = load_batch([s.source for s in chunk], bb.transform.eval)
             if pixels is None:
                 continue
-            preds.append(method.logits(params, Batch(pixels=pixels.to(bb.device)), classnames).argmax(-1).cpu())
+            preds.append(_predict(method.logits(params, Batch(pixels=pixels.to(bb.device)), classnames)).cpu())
             labels.extend(chunk[i].label for i in kept)
         if not preds:
             raise ValueError("no readable test image")
@@ -44,6 +52,6 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
         step = max(1, MAX_TEXT_SEQUENCES // len(classnames))
     else:
         step = len(feats)
-    preds = torch.cat([method.logits(params, Batch(**{kind: feats[i:i + step]}), classnames).argmax(-1)
+    preds = torch.cat([_predict(method.logits(params, Batch(**{kind: feats[i:i + step]}), classnames))
                        for i in range(0, len(feats), step)])
     return accuracy(preds.cpu(), labels.cpu())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from gramprompt.finite import check_finite
 from gramprompt.meta.regulator import regulate
 from gramprompt.runs import load_prompts, save_prompts
 
@@ -38,6 +39,7 @@ def regulated_grad_transform(path: str | os.PathLike, device=None):
     _, phi, info = load_gram(path)
     if not phi:
         return None
+    check_finite(phi, f"the regulator R_phi* in {path}")
     phi = {k: v.to(device) for k, v in phi.items()} if device is not None else phi
     reg = info.get("regulator") or {}
     return partial(regulate, phi, shape=reg.get("shape", "shared"),

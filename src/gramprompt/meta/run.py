@@ -7,7 +7,6 @@ before/after query statistics and the support-query gradient alignment every ``s
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from gramprompt.backbones.base import Backbone
+from gramprompt.backbones.registry import backbone_name
 from gramprompt.chc.hierarchy import Hierarchy
+from gramprompt.errors import GramError
 from gramprompt.meta.checkpoint import save_gram
 from gramprompt.meta.inputs import FeatureInputs, ImageInputs
 from gramprompt.meta.tasks import TaskSampler
@@ -24,7 +25,6 @@ from gramprompt.prompts import PromptConfig, build_method
 from gramprompt.runs import RunDir
 
 GRAM_FILE = "gram.safetensors"
-logger = logging.getLogger(__name__)
 
 
 def task_inputs(method, hierarchy: Hierarchy):
@@ -55,12 +55,30 @@ def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig):
     return sampler, FeatureInputs(feats)
 
 
+def check_hierarchy_backbone(hierarchy: Hierarchy, source, backbone: Backbone) -> None:
+    """A hierarchy's stored image features must come from this backbone: another encoder's features
+    (even of the same width) are meaningless to its prompts."""
+    made_with = hierarchy.info.get("backbone")
+    if made_with is not None and backbone_name(made_with) != backbone.name:
+        raise GramError(f"{source} was clustered with backbone {made_with!r}, not {backbone.name!r}: meta-train "
+                        f"with --backbone {made_with}, or rerun gram chc with --backbone {backbone.name}")
+    width = hierarchy.store().dim("img")
+    if width != backbone.embed_dim:
+        raise GramError(f"{source} holds {width}-d image features, backbone {backbone.name!r} makes "
+                        f"{backbone.embed_dim}-d ones: rerun gram chc with this backbone")
+
+
+# meta-training settings a resumed run may change (see MetaTrainer.RESUMABLE_CHANGES)
+RESUMABLE = tuple(f"meta.{k}" for k in MetaTrainer.RESUMABLE_CHANGES)
+
+
 def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, out: str | os.PathLike,
                cfg: MetaConfig | None = None, prompt: PromptConfig | None = None,
-               supervised: bool = False) -> tuple[Path, MetaState]:
+               supervised: bool = False, overwrite: bool = False) -> tuple[Path, MetaState]:
     """Meta-train theta and phi on tasks from the CHC hierarchy folder ``source`` (or, with
     ``supervised``, from the classes of the dataset spec ``source``); a killed run in ``out``
-    resumes. Returns the checkpoint path and the final state."""
+    resumes, a folder holding another run is an error unless ``overwrite``. Returns the checkpoint
+    path and the final state."""
     cfg = cfg or MetaConfig()
     prompt = prompt or PromptConfig()
     method = build_method(method_name, backbone, prompt)
@@ -69,14 +87,12 @@ def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, 
         origin = {"supervised": str(source), "classes": len(sampler.names)}
     else:
         hierarchy = Hierarchy.load(source)
-        made_with = hierarchy.info.get("backbone")
-        if made_with is not None and made_with != backbone.name:
-            logger.warning("%s was clustered with backbone %s, not %s: its stored image features come from "
-                           "another image encoder", source, made_with, backbone.name)
+        check_hierarchy_backbone(hierarchy, source, backbone)
         sampler, inputs = TaskSampler.from_hierarchy(hierarchy, cfg.tasks), task_inputs(method, hierarchy)
         origin = {"hierarchy": str(source), "topics": len(hierarchy.topics)}
     run = RunDir.create(out, {"protocol": "meta-train", **origin, "backbone": backbone.name, "method": method_name,
-                              "prompt": asdict(prompt), "meta": asdict(cfg), "skipped_topics": sampler.skipped})
+                              "prompt": asdict(prompt), "meta": asdict(cfg), "skipped_topics": sampler.skipped},
+                         resume=True, overwrite=overwrite, may_differ=RESUMABLE)
     trainer = MetaTrainer(method, sampler, inputs, cfg, run.path, log=run.log)
     resumed_at = trainer.checkpoint_iteration()  # iterations after the checkpoint are redone: drop their logs
     run.keep_metrics(lambda r: r.get("iteration", 0) <= resumed_at)

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from gramprompt.errors import GramError, NonFiniteError
+from gramprompt.finite import check_finite, check_rate, check_skipped
 from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
@@ -29,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
 AUTOCAST = {"none": None, "bf16": torch.bfloat16}
+MAX_SKIPPED = 0.1  # more skipped (non-finite) meta-batches than this fraction fail the run: theta* is not saved
+MAX_SKIPPED_IN_A_ROW = 20  # this many in a row: theta or phi itself gives non-finite losses, stop at once
+HINT = "Lower --lr-theta, --lr-phi or --inner-lr."
 
 
 @dataclass
@@ -69,6 +75,16 @@ def _task_data(task: Task, inputs) -> TaskData:
                     q, torch.as_tensor(task.query_labels, device=dev))
 
 
+def _load_state(path: Path) -> dict:
+    """The loop state of a checkpoint, loaded without running code (``weights_only``): a run folder may
+    come from anywhere, and a planted pickle must not execute."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise GramError(f"the meta-training checkpoint {path} cannot be loaded safely ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); delete {path.parent} to start over") from err
+
+
 class MetaTrainer:
     """Owns the loop state; ``run`` resumes from ``out/checkpoint`` when it exists."""
 
@@ -83,6 +99,8 @@ class MetaTrainer:
             raise ValueError(f"meta-training mode must be 'gram' or 'pretrain', got {self.cfg.mode!r}")
         if self.cfg.autocast not in AUTOCAST:
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST)}, got {self.cfg.autocast!r}")
+        for name in ("lr_theta", "lr_phi", "inner_lr"):
+            check_rate(f"{name} (--{name.replace('_', '-')})", getattr(self.cfg, name))
         gen = torch.Generator().manual_seed(self.cfg.seed)
         theta = self.method.init_params(gen)
         use_phi = self.cfg.use_regulator and self.cfg.mode == "gram"
@@ -102,6 +120,7 @@ class MetaTrainer:
     def run(self) -> MetaState:
         cfg = self.cfg
         state, opt, rng = self._resume()
+        in_a_row = 0
         while state.iteration < cfg.iterations:
             tasks = [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(cfg.task_batch)]
             with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
@@ -114,8 +133,14 @@ class MetaTrainer:
             state.iteration += 1
             if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads):
                 state.skipped += 1
+                in_a_row += 1
                 logger.warning("meta-iteration %d: non-finite loss or gradient, batch skipped", state.iteration)
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise NonFiniteError(f"meta-training: the last {in_a_row} meta-batches (to iteration "
+                                         f"{state.iteration}) all had a non-finite loss or gradient; nothing was "
+                                         f"saved. {HINT}")
             else:
+                in_a_row = 0
                 if cfg.grad_clip > 0:
                     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
                     scale = min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
@@ -124,6 +149,8 @@ class MetaTrainer:
                     p.grad = g.detach()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                check_finite({**state.theta, **{f"phi.{k}": v for k, v in state.phi.items()}},
+                             f"meta-iteration {state.iteration}: after the update ({HINT})")
             record = {"iteration": state.iteration, "meta_loss": loss.item() / len(tasks), "skipped": state.skipped}
             if stats is not None:
                 record.update(asdict(stats))
@@ -131,6 +158,7 @@ class MetaTrainer:
                 self.log(record)
             if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations:
                 self._save(state, opt, rng)
+        check_skipped(state.skipped, state.iteration, MAX_SKIPPED, "meta-training", HINT)
         return state
 
     def checkpoint_iteration(self) -> int:
@@ -138,7 +166,7 @@ class MetaTrainer:
         for name in ("checkpoint", "checkpoint.old"):
             path = self.out / name / "state.pt"
             if path.exists():
-                return int(torch.load(path, weights_only=False)["iteration"])
+                return int(_load_state(path)["iteration"])
         return 0
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -157,19 +185,28 @@ class MetaTrainer:
         extra = None
         if (ckpt / "params.safetensors").exists():
             self._check_same_run(ckpt / "config.json")
-            tensors = load_file(ckpt / "params.safetensors", device=str(self.method.backbone.device))
-            # the optimizer state is positional: keep the initial order of the tensors
-            state.theta = {k: tensors[f"theta.{k}"] for k in state.theta}
-            state.phi = {k: tensors[f"phi.{k}"] for k in state.phi}
-            extra = torch.load(ckpt / "state.pt", weights_only=False)
-            state.iteration, state.skipped = extra["iteration"], extra["skipped"]
-            rng.bit_generator.state = extra["rng"]
+            try:
+                tensors = load_file(ckpt / "params.safetensors", device=str(self.method.backbone.device))
+                # the optimizer state is positional: keep the initial order of the tensors
+                state.theta = {k: tensors[f"theta.{k}"] for k in state.theta}
+                state.phi = {k: tensors[f"phi.{k}"] for k in state.phi}
+                extra = _load_state(ckpt / "state.pt")
+                state.iteration, state.skipped = extra["iteration"], extra["skipped"]
+                rng.bit_generator.state = extra["rng"]
+            except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+                raise GramError(f"the meta-training checkpoint {ckpt} is damaged ({type(err).__name__}: {err}); "
+                                f"delete it to start over") from err
+            check_finite({**state.theta, **state.phi}, f"the meta-training checkpoint {ckpt}")
             logger.info("resuming meta-training at iteration %d", state.iteration)
         for p in [*state.theta.values(), *state.phi.values()]:
             p.requires_grad_(True)
         opt = self._optimizer(state)
         if extra is not None:
-            opt.load_state_dict(extra["optimizer"])
+            try:
+                opt.load_state_dict(extra["optimizer"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise GramError(f"the meta-training checkpoint {ckpt} is damaged (optimizer state: {err}); "
+                                f"delete it to start over") from err
         return state, opt, rng
 
     # settings a resumed run may change: how long, how often it logs and saves, the loss's batching

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Sample
 from ..data.images import ImageLoadError, load_image
+from ..errors import NonFiniteError
+from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, encode_images, input_kind
@@ -23,6 +25,7 @@ from .features import FeatureCache, encode_images, input_kind
 logger = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
+MAX_SKIPPED = 0.1  # more skipped (non-finite) steps than this fraction fail the run
 GradTransform = Callable[[Params], Params]
 
 
@@ -75,8 +78,11 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     """Tune ``init`` on ``samples`` (labels index ``classnames``) and return the final parameters.
 
     All randomness (shuffling, augmentation) comes from generators seeded by ``seed``. A step whose
-    (regulated) gradient is not finite is skipped and counted, never applied.
+    (regulated) gradient is not finite is skipped and counted, never applied; more than ``MAX_SKIPPED``
+    of them, or an update that makes a parameter non-finite, is a :class:`NonFiniteError`.
     """
+    check_rate("the learning rate (--lr)", cfg.lr)
+    check_finite(init, "the initial prompts")
     params = {k: v.detach().clone().requires_grad_(True) for k, v in init.items()}
     if not params:
         return params
@@ -91,6 +97,7 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     opt = torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
     n = len(labels)
+    steps_done, steps_skipped = 0, 0
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(cfg, epoch)
         for group in opt.param_groups:
@@ -118,14 +125,21 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             for name, p in params.items():
                 p.grad = grads[name].to(p.dtype)
             opt.step()
+            bad = nonfinite({k: v.detach() for k, v in params.items()})
+            if bad:
+                raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(bad)} non-finite "
+                                     f"(lr {lr:g}); lower --lr")
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
         if skipped:
             logger.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient", epoch + 1, skipped)
+        steps_done, steps_skipped = steps_done + len(steps), steps_skipped + skipped
         record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / max(n, 1), "train_acc": 100.0 * correct / max(n, 1),
                   "skipped_steps": skipped}
         if log is not None:
             log(record)
         if on_epoch is not None:
             on_epoch(epoch + 1, params)
+    check_skipped(steps_skipped, steps_done, MAX_SKIPPED, "prompt tuning",
+                  "Lower --lr, or check the --init prompts and the training images.")
     return {k: v.detach() for k, v in params.items()}
