@@ -2,6 +2,7 @@
 or a silently random model."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gramprompt.backbones import BackboneError, load_backbone
+from gramprompt.backbones.default.model import WEIGHTS
 from gramprompt.backbones.registry import resolve_device
 from gramprompt.cli import main
 
@@ -95,3 +97,60 @@ def test_gram_reports_a_bad_device_as_one_error_line(capsys):
     assert main(["zeroshot", "--backbone", "default", "--device", "gpu", "--datasets", "digits"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gram: error: unknown device 'gpu'") and "\n" not in err
+
+
+# --- default:PATH weight files ---------------------------------------------------------------------------
+
+@pytest.fixture
+def weights_copy(tmp_path):
+    """The shipped default weights and their card, copied where a test may damage them."""
+    path = tmp_path / "w.safetensors"
+    shutil.copy(WEIGHTS, path)
+    shutil.copy(WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+def _load_default(path):
+    return load_backbone(f"default:{path}")
+
+
+def test_missing_default_weights_name_the_file(tmp_path):
+    with pytest.raises(BackboneError, match=re.escape(f"not found at {tmp_path / 'none.safetensors'}")):
+        _load_default(tmp_path / "none.safetensors")
+
+
+def test_truncated_default_weights_name_the_file(weights_copy):
+    weights_copy.write_bytes(weights_copy.read_bytes()[:5000])
+    with pytest.raises(BackboneError, match=re.escape(f"{weights_copy} are damaged or not a safetensors file")):
+        _load_default(weights_copy)
+
+
+def test_default_weights_without_a_key_name_it(weights_copy):
+    state = load_file(weights_copy)
+    del state["label_embeddings"]
+    save_file(state, weights_copy)
+    with pytest.raises(BackboneError, match=re.escape(f"{weights_copy} do not fit their card") +
+                       ".*missing weights: label_embeddings"):
+        _load_default(weights_copy)
+
+
+def test_a_default_weight_of_the_wrong_shape_names_it(weights_copy):
+    save_file({**load_file(weights_copy), "pos": torch.zeros(49, 128)}, weights_copy)  # the card says width 256
+    with pytest.raises(BackboneError, match=re.escape("(weights of the wrong shape: pos ([49, 128], card says [49, 256]))")):
+        _load_default(weights_copy)
+
+
+def test_a_card_of_another_width_is_an_error(weights_copy):
+    card = json.loads(weights_copy.with_suffix(".json").read_text())
+    card["head"]["width"] = 128
+    weights_copy.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(BackboneError, match=re.escape(f"{weights_copy} do not fit their card") + ".*wrong shape"):
+        _load_default(weights_copy)
+
+
+@pytest.mark.parametrize("card", [None, "{not json", '{"build": {}}', '{"head": {"depth": 3}}'])
+def test_a_missing_or_damaged_card_names_it(weights_copy, card):
+    path = weights_copy.with_suffix(".json")
+    path.unlink() if card is None else path.write_text(card)
+    with pytest.raises(BackboneError, match=re.escape(f"the card {path} of the default backbone weights")):
+        _load_default(weights_copy)

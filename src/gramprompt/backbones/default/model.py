@@ -10,17 +10,64 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ...data.images import ImageTransform
 from ..base import TokenizedText
-from .head import HeadConfig, ImageHead
+from ..hf_clip import BackboneError, listing
+from .head import IMAGENET_CLASSES, HeadConfig, ImageHead
 from .towers import load_efficientnet_lite0, load_minilm
 
 WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 # EfficientNet-Lite's own preprocessing: (x - 127) / 128 on RGB in 0..255, 224 px.
 LITE_TRANSFORM = ImageTransform(size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+REBUILD = "rebuild them with `gram build-default-backbone`"
+
+
+def _head_config(path: Path) -> HeadConfig:
+    """The head's shape from the card written beside the weights (``.json``)."""
+    card = path.with_suffix(".json")
+    try:
+        return HeadConfig(**json.loads(card.read_text())["head"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BackboneError(f"the card {card} of the default backbone weights {path} is missing or damaged "
+                            f"({type(err).__name__}: {err}); {REBUILD}") from err
+
+
+def _check_state(path: Path, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Every weight the head needs, in its shape: a file that does not fit its card is an error, not a traceback."""
+    problems = []
+    if missing := expected.keys() - state.keys():
+        problems.append(f"missing weights: {listing(missing)}")
+    if unexpected := state.keys() - expected.keys():
+        problems.append(f"unknown weights: {listing(unexpected)}")
+    if wrong := [f"{k} ({list(state[k].shape)}, card says {list(v.shape)})" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]:
+        problems.append(f"weights of the wrong shape: {listing(wrong)}")
+    if problems:
+        raise BackboneError(f"default backbone weights {path} do not fit their card {path.with_suffix('.json')} "
+                            f"({'; '.join(problems)}); {REBUILD}")
+
+
+def load_head(path: Path) -> ImageHead:
+    """The trained image head stored at ``path``; a :class:`BackboneError` naming the file when it is
+    absent, damaged or does not match its card. Checked before the (slow) towers load."""
+    if not path.is_file():
+        raise BackboneError(f"default backbone weights not found at {path}; {REBUILD}")
+    cfg = _head_config(path)
+    try:
+        state = load_file(path)
+    except (OSError, SafetensorError) as err:
+        raise BackboneError(f"default backbone weights {path} are damaged or not a safetensors file ({err}); "
+                            f"{REBUILD}") from err
+    head = ImageHead(cfg, torch.zeros(IMAGENET_CLASSES, cfg.embed_dim))
+    _check_state(path, state, head.state_dict())
+    head.load_state_dict(state)
+    return head
 
 
 class MiniLMText(nn.Module):
@@ -68,15 +115,7 @@ class DefaultBackbone(nn.Module):
     @classmethod
     def from_weights(cls, path: str | Path = WEIGHTS, *, device: torch.device | str | None = None,
                      dtype: torch.dtype | None = None) -> "DefaultBackbone":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"default backbone weights not found at {path}; rebuild them with "
-                                    "`gram build-default-backbone`")
-        meta = json.loads(path.with_suffix(".json").read_text())
-        state = load_file(path)
-        head = ImageHead(HeadConfig(**meta["head"]), state["label_embeddings"])
-        head.load_state_dict(state)
-        return cls(head).to(device=device or "cpu", dtype=dtype or torch.float32)
+        return cls(load_head(Path(path))).to(device=device or "cpu", dtype=dtype or torch.float32)
 
     @property
     def device(self) -> torch.device:
