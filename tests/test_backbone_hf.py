@@ -40,6 +40,7 @@ def test_truncation_is_exact(backbone):
 def test_image_features_match_hf_without_prompts(backbone):
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     ref = _hf(backbone.model.get_image_features(pixel_values=pixels))
+    assert ref.shape == (3, backbone.embed_dim)
     assert (backbone.encode_image(pixels) - ref).abs().max() < 1e-5
     empty = torch.zeros(0, backbone.vision_width)
     assert (backbone.encode_image(pixels, empty) - ref).abs().max() < 1e-5

@@ -27,7 +27,9 @@ class Backbone(Protocol):
     """A frozen image encoder + text encoder sharing an embedding space."""
 
     name: str
-    embed_dim: int  # joint embedding width D
+    # joint embedding width D: the last dimension of every text and image feature; a stored feature
+    # file or checkpoint made with another width does not fit this backbone
+    embed_dim: int
     text_width: int  # token embedding width d of the text tower
     vision_width: int  # token width d_v of the vision transformer
     vision_layers: int  # number of transformer layers a deep visual prompt can reach
