@@ -76,7 +76,7 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
 
 def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:
     """The run folder --out; the prompts of --init must not be among the files a rerun there replaces."""
-    if a.init is not None and Path(a.out).resolve() in Path(a.init).resolve().parents:
+    if a.init is not None and Path(a.out).resolve() in (init := Path(a.init).resolve(), *init.parents):
         raise RunFolderError(f"--init {a.init} lies inside --out {a.out}, where this run writes: use another --out")
     return RunDir.create(a.out, config, overwrite=a.overwrite)
 
@@ -172,6 +172,9 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     from .experiments.runner import describe, run_experiment
 
     experiments = [load_experiment(c, a.set) for c in a.configs]
+    if a.action != "table":  # every config's inputs exist before the first job of any starts
+        for exp in experiments:
+            exp.check_inputs()
     for exp in experiments:
         if a.action == "plan" or a.dry_run:
             print(describe(exp))

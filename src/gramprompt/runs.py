@@ -108,6 +108,8 @@ class RunDir:
         if run.path.exists() and not run.path.is_dir():
             raise RunFolderError(f"--out {run.path} is a file, not a folder")
         held = [p.name for p in run.path.iterdir() if p.name in RUN_FILES] if run.path.is_dir() else []
+        if held == [CONFIG]:  # a run that failed before writing anything: nothing to keep or mix
+            held = []
         if held and not overwrite:
             diff = run._differences(config, set(may_differ))
             if diff:

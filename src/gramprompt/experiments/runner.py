@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..backbones.registry import DTYPES, backbone_name, load_backbone, resolve_device
 from ..data.registry import load_dataset, spec_name
-from ..eval.protocols import FewShotConfig, base_to_new, run_config, target_accuracies, transfer
+from ..eval.protocols import FewShotConfig, base_to_new, check_classnames, run_config, target_accuracies, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
 from ..meta.trainer import MetaConfig
@@ -243,6 +243,8 @@ class Worker:
             run = RunDir.create(job.out, config)
             if exp.protocol == "base2new":
                 return base_to_new(self.backbone, self.dataset(job.column), fs, run=run, cache=self.cache)
+            targets = [self.dataset(t) for t in exp.targets]  # evaluated after tuning: check their names first
+            check_classnames(self.backbone, fs, targets)
             transfer(self.backbone, self.dataset(job.column), [], fs, run=run, cache=self.cache)
         return self._targets(job, fs)
 
