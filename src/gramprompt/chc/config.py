@@ -60,6 +60,11 @@ class TopicConfig:
     extra_stop_words: tuple[str, ...] = ()
 
 
+# the TopicConfig fields only the cluster stage reads (topic words), which is redone on every run; every
+# other field shapes the fitted topic model or the labels, so ``settings.topic_settings`` records it
+WORD_SETTINGS = ("duplicates", "top_words", "word_min_share", "extra_stop_words")
+
+
 @dataclass
 class DomainConfig:
     """Stage 4: visual domains, k-means on image features inside each topic."""

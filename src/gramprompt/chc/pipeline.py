@@ -7,7 +7,9 @@
     cluster   Eq. 3 topic words (duplicates merged), k-means domains per topic (executor)
               -> hierarchy.parquet, topics.json, config.json, report/
 
-Every stage skips what is already on disk, so a killed run is rerun with the same command.
+Every stage skips what is already on disk, so a killed run is rerun with the same command. The
+feature store and the topics folder record the settings they were made with (``settings.py``): a
+rerun with other settings they depend on is refused instead of reusing them.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from gramprompt.chc.config import CHCConfig, FilterConfig
 from gramprompt.chc.domains import topic_domains_job
 from gramprompt.chc.executor import Executor, SerialExecutor
 from gramprompt.chc.hierarchy import Hierarchy, Topic
-from gramprompt.chc.store import FeatureStore
+from gramprompt.chc.settings import claim, feature_settings, topic_settings
+from gramprompt.chc.store import FeatureStore, holds_shards
 from gramprompt.chc.topic_words import ENGLISH_STOP_WORDS, count_words, merge_counts, name_topics
 from gramprompt.chc.topics import TopicModel, assign, fit_topics, nearest_centroid
 from gramprompt.errors import GramError
@@ -56,8 +59,14 @@ class FitInfo:
 
 
 def fit_stage(store: FeatureStore, cfg: CHCConfig, out: Path, reducer=None, clusterer=None) -> TopicModel:
-    """Filter, subsample (seeded) and fit UMAP + HDBSCAN; reuses ``out/topics/model.pkl``."""
-    path = out / "topics" / "model.pkl"
+    """Filter, subsample (seeded) and fit UMAP + HDBSCAN; reuses ``out/topics/model.pkl`` if it was
+    made with the same settings (refused otherwise)."""
+    topics = out / "topics"
+    made = (topics / "model.pkl").exists() or any(topics.glob("labels_*.npy"))
+    claim(topics, topic_settings(store, cfg, reducer, clusterer), made,
+          f"delete {topics} to fit the topics again (the features are kept), "
+          f"or use another --out with --features {store.root}")
+    path = topics / "model.pkl"
     if path.exists():
         return TopicModel.load(path)
     if not len(store):
@@ -204,6 +213,7 @@ def features_stage(pairs: str, backbone_spec: str, features: Path, cfg: CHCConfi
     from gramprompt.chc.features import FeatureExtractor, extract, extract_shard_job, load_text_model, my_shards
     from gramprompt.data.pairs import open_pair_source
 
+    claim(features, feature_settings(pairs, backbone_spec, cfg), holds_shards(features), _redo_features(features))
     source = open_pair_source(pairs, cfg.shard_size)
     shards = my_shards(source.num_shards(), shard_index, num_shards)
     if isinstance(executor, SerialExecutor):
@@ -218,6 +228,10 @@ def features_stage(pairs: str, backbone_spec: str, features: Path, cfg: CHCConfi
     jobs = [(pairs, cfg.shard_size, i, str(features), backbone_spec, device, json.dumps(asdict(cfg.features)))
             for i in shards if i not in done]
     executor.map(extract_shard_job, jobs, desc=f"features {pairs}" if jobs else None)
+
+
+def _redo_features(features: Path) -> str:
+    return f"delete {features} to extract the features again, or use another --out (or --features)"
 
 
 def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConfig | None = None,
@@ -240,8 +254,9 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
         features_stage(pairs, backbone_spec, features, cfg, executor, shard_index, num_shards, device, backbone)
         if stage == "features":
             return None
+    store = FeatureStore(features)  # perhaps made by other jobs or passed with --features: check it too
+    claim(features, feature_settings(pairs, backbone_spec, cfg), True, _redo_features(features))
     if stage in ("fit", "assign"):
-        store = FeatureStore(features)
         fit_stage(store, cfg, out)
         if stage == "assign":
             from gramprompt.chc.features import my_shards
@@ -249,7 +264,6 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
             mine = my_shards(len(store.shards), shard_index, num_shards)
             assign_stage(store, cfg, out, executor, [store.shards[i].index for i in mine])
         return None
-    store = FeatureStore(features)
     hierarchy = build_hierarchy(store, cfg, out, executor, {"pairs": pairs, "backbone": backbone_spec})
     if report:
         from gramprompt.chc.report import write_report

@@ -76,6 +76,12 @@ def write_shard(root: str | os.PathLike, index: int, image: np.ndarray, text: np
     os.replace(tmp, paths["meta"])
 
 
+def holds_shards(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds any shard file, complete or not (a killed run's arrays included)."""
+    return any(p.is_file() for kind in ("img", "text", "stem", "meta")
+               for p in shard_paths(Path(root), 0)[kind].parent.glob("*"))
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     index: int
