@@ -15,6 +15,7 @@ from gramprompt.chc.store import FeatureStore
 from gramprompt.cli import main
 from gramprompt.data.images import load_image
 from gramprompt.data.pairs import open_pair_source
+from tolerance import assert_fp32_close, hf_clip_tower, transformer_depth
 
 WORDS = ["red apple fruit", "green leaf plant", "blue car street", "yellow sun sky"]
 
@@ -51,14 +52,20 @@ def test_extraction_counts_bad_pairs_and_aligns_rows(backbone, text_model, tmp_p
     assert keys == [f"img{i:02d}.png" for i in range(14) if i not in (3, 5)]
     img = np.concatenate([c for _, c in store.chunks("img")])
     txt = np.concatenate([c for _, c in store.chunks("text")])
-    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    # unit vectors in float32: the extractor's and this norm (sums of squares) against an exact 1
+    assert_fp32_close(np.linalg.norm(img, axis=1), np.ones(len(img)), terms=img.shape[1], depth=2, scale=1.0,
+                      reference_exact=True)
     # independent truth: the backbone's own encoders on the same image and caption
     first = load_image(tmp_path / "pairs" / "img00.png")
     with torch.no_grad():
         ref = backbone.encode_image(backbone.transform.eval(first)[None])
-    np.testing.assert_allclose(img[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(), atol=1e-5)
+    # batched vs one image, normalized (scale 1): the vision tower and the norm
+    assert_fp32_close(img[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
+                      **hf_clip_tower(backbone, "vision", extra_depth=1), scale=1.0)
     captions = store.column("caption")
-    np.testing.assert_allclose(txt, embed_captions(text_model, captions), atol=1e-5)
+    bert = text_model[0].auto_model.config  # MiniLM, then mean pooling (in the head's 3) and the norm
+    assert_fp32_close(txt, embed_captions(text_model, captions), terms=bert.intermediate_size,
+                      depth=transformer_depth(bert.num_hidden_layers) + 1, scale=1.0)
     sims = np.asarray(store.column("sim"))
     assert np.all(np.abs(sims) <= 1 + 1e-5)
 
@@ -152,8 +159,8 @@ def test_extraction_from_webdataset_shards(backbone, text_model, tmp_path):
     assert src.endswith("00001.tar#000010000.jpg")
     with torch.no_grad():
         ref = backbone.encode_image(backbone.transform.eval(load_pair_image(src))[None])
-    np.testing.assert_allclose(store.array("img", 1)[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
-                               atol=1e-5)
+    assert_fp32_close(store.array("img", 1)[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(),
+                      **hf_clip_tower(backbone, "vision", extra_depth=1), scale=1.0)  # as above
 
 
 def test_stored_stems_give_the_same_features_and_feed_visual_meta_training(text_model, tmp_path):
