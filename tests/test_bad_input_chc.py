@@ -67,3 +67,16 @@ def test_gram_chc_reports_missing_fields_as_one_error_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gram:")]
     assert len(err) == 1 and err[0].startswith("gram: error:")
     assert "captions.jsonl line 1: missing field(s) path" in err[0] and "too few" not in err[0]
+
+
+def test_gram_chc_rerun_with_another_shard_size_is_one_error_line(tiny_clip_dir, tmp_path, capsys):
+    root = write_captions(tmp_path / "pairs", [{"path": "a.png", "caption": "a black square"}])
+    out = tmp_path / "h"
+    args = ["chc", "--pairs", f"folder:{root}", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(out),
+            "--stage", "features"]
+    assert main([*args, "--shard-size", "5"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--shard-size", "4"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gram:")]
+    assert len(err) == 1 and "shard_size: 5 on disk, 4 now" in err[0]
+    assert f"delete {out / 'features'}" in err[0]
