@@ -67,7 +67,7 @@ def test_non_finite_batches_are_skipped_and_counted(backbone, data, tmp_path):
         MetaTrainer(build_method("coop", backbone), sampler, inputs, config(), tmp_path / "nan").run()
 
 
-@pytest.mark.parametrize("setting", [{"lr_theta": float("nan")}, {"inner_lr": float("inf")}, {"lr_phi": 0.0}])
+@pytest.mark.parametrize("setting", [{"lr_theta": float("nan")}, {"inner_lr": float("inf")}, {"lr_phi": -1e-3}])
 def test_non_finite_rates_are_refused_before_training(backbone, data, tmp_path, setting):
     with pytest.raises(NonFiniteError, match=next(iter(setting))):
         MetaTrainer(build_method("coop", backbone), *data, config(**setting), tmp_path).run()

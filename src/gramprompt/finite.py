@@ -28,9 +28,10 @@ def check_finite(tensors: Mapping[str, Tensor], where: str) -> None:
 
 
 def check_rate(name: str, value: float) -> None:
-    """Learning rates and step sizes must be finite and positive (a NaN rate makes every parameter NaN)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise NonFiniteError(f"{name} must be a finite number > 0, got {value!r}")
+    """Learning rates and step sizes must be finite and >= 0 (a NaN rate makes every parameter NaN; 0
+    freezes a parameter group, e.g. theta while only phi learns)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise NonFiniteError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def check_skipped(skipped: int, total: int, limit: float, what: str, hint: str) -> None:

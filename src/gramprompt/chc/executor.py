@@ -70,7 +70,7 @@ class RayExecutor:
         self._ray = ray
         if not ray.is_initialized():
             # workers must share numba's compile cache (umap, hdbscan) or each recompiles for minutes
-            env = {k: os.environ[k] for k in ("NUMBA_CACHE_DIR", "GRAMPROMPT_CACHE") if k in os.environ}
+            env = {k: os.environ[k] for k in ("NUMBA_CACHE_DIR", "GRAMPROMPT_CACHE", "GRAMPROMPT_SIGNING_KEY") if k in os.environ}
             kwargs = {"include_dashboard": False, "log_to_driver": False,
                       "runtime_env": {"env_vars": env}, **(init_kwargs or {})}
             ray.init(address=address, **kwargs)

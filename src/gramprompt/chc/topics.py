@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import pickle
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from gramprompt import signed_pickle
 from gramprompt.chc.config import TopicConfig
 from gramprompt.errors import GramError
 
@@ -114,13 +114,11 @@ class TopicModel:
         return len(self.centroids)
 
     def save(self, path: str | Path) -> None:
-        with open(path, "wb") as f:
-            pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+        signed_pickle.dump(self, path)  # UMAP and HDBSCAN objects only pickle: signed, see signed_pickle
 
     @staticmethod
     def load(path: str | Path) -> TopicModel:
-        with open(path, "rb") as f:  # our own file, written by ``save``
-            return pickle.load(f)
+        return signed_pickle.load(path)
 
 
 def _check_enough(n: int, cfg: TopicConfig) -> None:

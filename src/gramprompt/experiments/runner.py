@@ -202,9 +202,10 @@ class Worker:
         exp, out = self.exp, job.out
         settings = chc_settings(exp)
         cfg = exp.hierarchy.chc_config()
-        feature_settings = settings | {"chc": asdict(cfg.features)}
+        feature_settings = settings | {"chc": asdict(cfg.features), "shard_size": cfg.shard_size}
         if out.exists():  # keep the costly features when only the clustering settings changed
-            same_features = _same(out / "features.yaml", feature_settings, {"chc": CHC_DEFAULTS["chc"]["features"]})
+            same_features = _same(out / "features.yaml", feature_settings,
+                                  {"chc": CHC_DEFAULTS["chc"]["features"], "shard_size": CHCConfig().shard_size})
             for p in out.iterdir():
                 if not (same_features and p.name in ("features", "features.yaml")):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
