@@ -36,19 +36,30 @@ def tasks(backbone):
     return [make_task(backbone, names, s, q, seed) for seed, (names, (s, q)) in enumerate(zip(CLASSES, SIZES))]
 
 
-def leaves(method, shape: str, with_phi: bool):
+def leaves(method, regulator: RegulatorConfig | str, with_phi: bool):
     theta = {k: v.requires_grad_() for k, v in method.init_params(torch.Generator().manual_seed(0)).items()}
     if not with_phi:
         return theta, None
+    cfg = regulator if isinstance(regulator, RegulatorConfig) else RegulatorConfig(regulator)
     # random W so R_phi is far from a scaled identity and the test sees every term
-    phi = init_regulator(theta, RegulatorConfig(shape, weight_init_std=0.3), torch.Generator().manual_seed(1))
+    phi = init_regulator(theta, RegulatorConfig(cfg.shape, cfg.form_name, weight_init_std=0.3),
+                         torch.Generator().manual_seed(1))
     return theta, {k: v.requires_grad_() for k, v in phi.items()}
 
 
-def assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, steps, second_order):
+def regulated_bound(backbone, steps: int, second_order: bool, regulator: RegulatorConfig | str = "shared") -> dict:
+    """tolerance.meta_gradient, plus the literal form's affine map per inner step that it counts: the
+    other forms take two more reductions over the prompt's values per step (rms of g and of h, or
+    rms of g and the rescale), differentiated once more in second order."""
+    bound = meta_gradient(backbone, steps, second_order)
+    if isinstance(regulator, RegulatorConfig) and regulator.form_name != "literal":
+        bound["depth"] += 2 * steps * (2 if second_order else 1)
+    return bound
+
+
+def assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, bound):
     """float32 rounding bound (tests/tolerance.py): the loss at its own size, each gradient at its
     largest entry's (an entry small by cancellation carries the rounding of the large terms)."""
-    bound = meta_gradient(backbone, steps, second_order)
     assert_fp32_close(loss, ref_loss, **bound, msg="loss")
     for i, (g, ref) in enumerate(zip(grads, ref_grads)):
         assert ref.abs().max() > 0
@@ -63,28 +74,32 @@ def loss_and_grads(fn, method, theta, phi, shape, tasks, **kw):
 
 @pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
 @pytest.mark.parametrize("steps", [1, 2])
-@pytest.mark.parametrize("shape,with_phi", [("shared", True), ("diagonal", True), ("shared", False)],
-                         ids=["shared", "diagonal", "no-regulator"])
-def test_batched_equals_the_per_task_loop(backbone, method, tasks, shape, with_phi, steps, second_order):
-    theta, phi = leaves(method, shape, with_phi)
+@pytest.mark.parametrize("regulator,with_phi", [
+    (RegulatorConfig("shared"), True), (RegulatorConfig("diagonal"), True),
+    (RegulatorConfig("shared", "scale-invariant"), True), (RegulatorConfig("shared", "bounded"), True),
+    (RegulatorConfig("diagonal", "bounded"), True), (RegulatorConfig("shared"), False)],
+    ids=["shared", "diagonal", "shared-scale-invariant", "shared-bounded", "diagonal-bounded", "no-regulator"])
+def test_batched_equals_the_per_task_loop(backbone, method, tasks, regulator, with_phi, steps, second_order):
+    theta, phi = leaves(method, regulator, with_phi)
     kw = dict(alpha=2.0, steps=steps, second_order=second_order, stats=True)
-    ref_loss, ref_grads, ref_stats = loss_and_grads(meta_loss, method, theta, phi, shape, tasks, **kw)
-    loss, grads, stats = loss_and_grads(batched_meta_loss, method, theta, phi, shape, tasks, **kw)
-    assert len(grads) == len(ref_grads) == 1 + (4 if with_phi else 0)
-    assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, steps, second_order)
-    bound = meta_gradient(backbone, steps, second_order)
+    ref_loss, ref_grads, ref_stats = loss_and_grads(meta_loss, method, theta, phi, regulator, tasks, **kw)
+    loss, grads, stats = loss_and_grads(batched_meta_loss, method, theta, phi, regulator, tasks, **kw)
+    assert len(grads) == len(ref_grads) == 1 + len(phi or {})
+    bound = regulated_bound(backbone, steps, second_order, regulator)
+    assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, bound)
     for name, value in vars(ref_stats).items():  # losses, accuracies in %, a cosine (scale 1)
         assert_fp32_close(getattr(stats, name), value, **bound, scale=max(abs(value), 1.0), msg=name)
 
 
-@pytest.mark.parametrize("shape,scale_invariant", [("full", False), ("shared", True)])
-def test_regulators_applied_task_by_task_match_too(backbone, method, tasks, shape, scale_invariant):
-    theta, phi = leaves(method, shape, True)
-    kw = dict(alpha=1.0, steps=1, second_order=False, stats=False, scale_invariant=scale_invariant)
-    ref_loss, ref_grads, _ = loss_and_grads(meta_loss, method, theta, phi, shape, tasks, **kw)
-    loss, grads, stats = loss_and_grads(batched_meta_loss, method, theta, phi, shape, tasks, **kw)
+@pytest.mark.parametrize("form", ["literal", "scale-invariant", "bounded"])
+def test_regulators_applied_task_by_task_match_too(backbone, method, tasks, form):
+    regulator = RegulatorConfig("full", form)
+    theta, phi = leaves(method, regulator, True)
+    kw = dict(alpha=1.0, steps=1, second_order=False, stats=False)
+    ref_loss, ref_grads, _ = loss_and_grads(meta_loss, method, theta, phi, regulator, tasks, **kw)
+    loss, grads, stats = loss_and_grads(batched_meta_loss, method, theta, phi, regulator, tasks, **kw)
     assert stats is None
-    assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, steps=1, second_order=False)
+    assert_matches_the_loop(backbone, loss, ref_loss, grads, ref_grads, regulated_bound(backbone, 1, False, regulator))
 
 
 def test_one_text_forward_per_inner_step_and_one_for_the_query(method, tasks, monkeypatch):

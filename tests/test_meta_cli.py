@@ -65,6 +65,24 @@ def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
     assert not torch.equal(theta["text_ctx"], load_gram(tmp_path / "noreg" / "gram.safetensors")[0]["text_ctx"])
 
 
+def test_meta_train_regulator_forms(tiny_clip_dir, tmp_path, capsys):
+    backbone = load_backbone(f"hf:{tiny_clip_dir}")
+    small_hierarchy(tmp_path, backbone.embed_dim)
+    args = ["meta-train", "--hierarchy", str(tmp_path / "h"), "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
+            "--iterations", "2", "--task-batch", "2", "--ways", "3", "--support-shots", "2", "--query-shots", "2"]
+    for flags, form in [(["--regulator-form", "bounded"], "bounded"), (["--scale-invariant"], "scale-invariant")]:
+        out = tmp_path / form
+        assert main([*args, "--out", str(out), *flags]) == 0
+        _, phi, info = load_gram(out / "gram.safetensors")
+        assert info["regulator"]["form"] == form and ("text_ctx.b_gate" in phi) == (form == "bounded")
+    assert main(["fewshot", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop", "--dataset", "digits",
+                 "--shots", "1", "--out", str(tmp_path / "fs"), "--epochs", "1", "--batch-size", "4",
+                 "--init", str(tmp_path / "bounded" / "gram.safetensors")]) == 0
+    with pytest.raises(SystemExit):  # the alias and the option are one setting
+        main([*args, "--out", str(tmp_path / "both"), "--scale-invariant", "--regulator-form", "bounded"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method,tokens", [("vpt", ["--visual-tokens", "4"]),
                                            ("vpt-deep", ["--visual-tokens", "2", "--visual-depth", "2"]),
                                            ("joint", ["--text-tokens", "2", "--visual-tokens", "2"]),  # UNIGRAM

@@ -43,15 +43,47 @@ def test_identity_regulator_is_plain_sgd(setup):
     torch.testing.assert_close(raw["text_ctx"], adapted["text_ctx"])
 
 
-def test_phi_gradient_is_the_same_in_first_and_second_order(setup):
-    method, theta, phi, tasks = setup
+@pytest.mark.parametrize("form", ["literal", "bounded"])
+def test_phi_gradient_is_the_same_in_first_and_second_order_for_one_inner_step(setup, form):
+    method, theta, _, tasks = setup
+    regulator = RegulatorConfig("shared", form)
+    phi = init_regulator(theta, RegulatorConfig("shared", form, weight_init_std=0.05), torch.Generator().manual_seed(1))
+    phi = {k: v.requires_grad_() for k, v in phi.items()}
     grads = []
     for second in (False, True):
-        loss, _ = meta_loss(method, theta, phi, "shared", tasks, alpha=1.0, second_order=second, stats=False)
+        loss, _ = meta_loss(method, theta, phi, regulator, tasks, alpha=1.0, second_order=second, stats=False)
         grads.append(torch.autograd.grad(loss, list(phi.values())))
+    bound = meta_gradient(method.backbone, steps=1, second_order=True)
+    bound["depth"] += 4 if form == "bounded" else 0  # its two norms, differentiated twice
     for a, b in zip(*grads):
         # the same phi-gradient through two graphs (SO also runs the math attention kernel): fp32 rounding
-        assert_fp32_close(a, b, **meta_gradient(method.backbone, steps=1, second_order=True))
+        assert_fp32_close(a, b, **bound)
+
+
+def test_first_order_phi_gradient_is_inexact_with_several_inner_steps(setup):
+    """Step k > 1 regulates g(theta'_{k-1}), which depends on phi through theta'_{k-1}: first order
+    drops that term, second order keeps it (finite differences are the truth)."""
+    method, theta, phi, tasks = setup
+    names, alpha, steps = list(phi), 2.0, 3
+
+    def f(tensors, second_order=True):
+        loss, _ = meta_loss(method, theta, dict(zip(names, tensors)), "shared", tasks, alpha, steps,
+                            second_order=second_order, stats=False)
+        return loss
+
+    gen = torch.Generator().manual_seed(6)
+    v = [torch.randn(phi[n].shape, generator=gen) for n in names]
+    norm = torch.sqrt(sum((t ** 2).sum() for t in v))
+    v = [t / norm for t in v]
+    eps = 1e-2
+    base = [phi[n].detach() for n in names]
+    fd = (f([b + eps * d for b, d in zip(base, v)]) - f([b - eps * d for b, d in zip(base, v)])).item() / (2 * eps)
+    directional = {}
+    for second in (False, True):
+        grads = torch.autograd.grad(f([phi[n] for n in names], second), [phi[n] for n in names])
+        directional[second] = sum(float((g * d).sum()) for g, d in zip(grads, v))
+    assert directional[True] == pytest.approx(fd, rel=2e-2, abs=3e-5)  # float32 loss rounding / (2 eps): ~1e-5
+    assert abs(directional[False] - fd) > 5 * abs(directional[True] - fd)
 
 
 def test_second_order_theta_gradient_matches_finite_differences(setup):

@@ -169,3 +169,25 @@ def test_checkpoints_from_before_an_option_existed_still_resume(backbone, data, 
     del cfg["autocast"]  # written by a version without the option
     saved.write_text(json.dumps(cfg))
     assert MetaTrainer(method, sampler, inputs, config(iterations=4), tmp_path / "old").run().iteration == 4
+
+
+def test_checkpoints_from_before_the_regulator_form_existed_still_resume(backbone, data, tmp_path):
+    """Their config.json says ``regulator: {..., scale_invariant: true}`` and no form: the same run as
+    form "scale-invariant" (the old spelling is canonical), a different one from "bounded"."""
+    import json
+
+    from gramprompt.meta.regulator import RegulatorConfig
+
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    MetaTrainer(method, sampler, inputs, config(iterations=3, regulator=RegulatorConfig(scale_invariant=True)),
+                tmp_path / "old").run()
+    saved = tmp_path / "old" / "checkpoint" / "config.json"
+    cfg = json.loads(saved.read_text())
+    del cfg["regulator"]["form"]  # written by a version without the option
+    saved.write_text(json.dumps(cfg))
+    resumed = config(iterations=4, regulator=RegulatorConfig(form="scale-invariant"))
+    assert MetaTrainer(method, sampler, inputs, resumed, tmp_path / "old").run().iteration == 4
+    with pytest.raises(ValueError, match="regulator.form"):
+        MetaTrainer(method, sampler, inputs, config(iterations=5, regulator=RegulatorConfig(form="bounded")),
+                    tmp_path / "old").run()

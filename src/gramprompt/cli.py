@@ -238,7 +238,7 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      use_regulator=not a.no_regulator, grad_clip=a.grad_clip, stats_every=a.stats_every,
                      checkpoint_every=a.checkpoint_every, seed=a.seed, autocast=a.autocast,
                      tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
-                     regulator=RegulatorConfig(a.regulator, scale_invariant=a.scale_invariant))
+                     regulator=RegulatorConfig(a.regulator, form=a.regulator_form))
     prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
     path, state = meta_train(a.supervised or a.hierarchy, backbone, a.method, a.out, cfg, prompt,
                              supervised=a.supervised is not None, overwrite=a.overwrite)
@@ -389,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score topics against this metadata field (ARI/NMI), e.g. category for openclipart")
     p.set_defaults(fn=cmd_chc)
 
+    from .meta.regulator import FORMS
     from .meta.trainer import MetaConfig
     from .meta.tasks import TaskConfig
 
@@ -416,8 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order", action="store_true", help="keep the Hessian term (slower, more memory)")
     p.add_argument("--regulator", choices=["shared", "diagonal", "full"], default=d_meta.regulator.shape)
     p.add_argument("--no-regulator", action="store_true", help="ablation: raw gradients in the inner loop")
-    p.add_argument("--scale-invariant", action="store_true",
-                   help="regulator sees g / rms(g) and scales beta by rms(g) (a departure from the paper; see README)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--regulator-form", choices=list(FORMS), default=None,
+                      help="literal (the paper's formula; default), scale-invariant (sees g / rms(g), beta scaled by "
+                           "rms(g)), bounded (R(0) = 0, ||R(g)|| <= ||g||, gated toward g); see README")
+    form.add_argument("--scale-invariant", dest="regulator_form", action="store_const", const="scale-invariant",
+                      help="alias of --regulator-form scale-invariant")
     p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")
     p.add_argument("--pretrain", action="store_true",
                    help="ablation (- meta-learning): plain classification of the clustered images, topic words as classes")

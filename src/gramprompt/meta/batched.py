@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gramprompt.meta.regulator import regulate
+from gramprompt.meta.regulator import RegulatorConfig, as_regulator, regulate
 from gramprompt.meta.step import Params, StepStats, TaskData, second_order_context
 from gramprompt.prompts.base import PromptMethod
 from gramprompt.prompts.coop import CoOp
@@ -84,21 +84,21 @@ def _text_features(method: PromptMethod, tokens: ClassNameTokens, ctx: Tensor) -
     return method.backbone.encode_text_embeddings(embeds, lengths).view(b, k, -1)
 
 
-def _regulate(phi: Params | None, g: Tensor, shape: str, scale_invariant: bool) -> Tensor:
+def _regulate(phi: Params | None, g: Tensor, regulator: RegulatorConfig) -> Tensor:
     """R_phi on each task's (M, d) gradient of the stack ``g`` (B, M, d).
 
-    "shared" (g @ W.T) and "diagonal" (W * g) broadcast over the task axis, so ``regulate`` takes
-    the stack at once; "full" and the scale-invariant variant (one rms per task) go task by task."""
+    The literal form's "shared" (g @ W.T) and "diagonal" (W * g) broadcast over the task axis, so
+    ``regulate`` takes the stack at once; "full" and the other forms (one norm per task) go task by task."""
     if phi is None:
         return g
-    if shape in ("shared", "diagonal") and not scale_invariant:
-        return regulate(phi, {CTX: g}, shape)[CTX]
-    return torch.stack([regulate(phi, {CTX: g_t}, shape, scale_invariant)[CTX] for g_t in g])
+    if regulator.shape in ("shared", "diagonal") and regulator.form_name == "literal":
+        return regulate(phi, {CTX: g}, regulator)[CTX]
+    return torch.stack([regulate(phi, {CTX: g_t}, regulator)[CTX] for g_t in g])
 
 
-def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, shape: str, tasks: list[TaskData],
-                      alpha: float, steps: int = 1, second_order: bool = False, stats: bool = True,
-                      scale_invariant: bool = False) -> tuple[Tensor, StepStats | None]:
+def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, regulator: RegulatorConfig | str,
+                      tasks: list[TaskData], alpha: float, steps: int = 1, second_order: bool = False,
+                      stats: bool = True) -> tuple[Tensor, StepStats | None]:
     """:func:`~gramprompt.meta.step.meta_loss` (same arguments, same result up to float rounding)
     with one text-encoder forward per inner step and one for the query, for all tasks at once.
 
@@ -114,6 +114,7 @@ def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, s
         raise ValueError(f"batched_meta_loss needs tasks with the same number of classes, got {sorted(ways)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    regulator = as_regulator(regulator)
     n_tasks = len(tasks)
     tokens = _stack_tokens(method, tasks)
     support, query = _Stacked(method, tasks, "support"), _Stacked(method, tasks, "query")
@@ -131,7 +132,7 @@ def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, s
                                        retain_graph=second_order or (step == 0 and stats))
             if step == 0 and stats:
                 (g_query,) = torch.autograd.grad(before[0].sum(), [ctx], retain_graph=second_order)
-            g = _regulate(phi, g, shape, scale_invariant)
+            g = _regulate(phi, g, regulator)
             if step == 0:
                 first = g
             ctx = ctx - alpha * g

@@ -98,7 +98,7 @@ def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, 
     run.keep_metrics(lambda r: r.get("iteration", 0) <= resumed_at)
     state = trainer.run()
     info = {"method": method_name, "backbone": backbone.name, "prompt": asdict(prompt),
-            "regulator": asdict(cfg.regulator) if state.phi else None, "meta": asdict(cfg), **origin,
+            "regulator": cfg.regulator.metadata() if state.phi else None, "meta": asdict(cfg), **origin,
             "iterations": state.iteration, "skipped_batches": state.skipped}
     path = save_gram(run.path / GRAM_FILE, state.theta, state.phi, info)
     return path, state

@@ -5,8 +5,10 @@ For each task t of a batch: g_t = grad L(theta; support_t), theta'_t = theta - a
 outer updates of theta (lambda_1) and phi (lambda_2).
 
 First order (default): g is computed without a graph, so theta' depends on theta through the
-identity only (the Hessian term is dropped) while phi still gets its exact gradient, because g
-does not depend on phi. Second order: ``create_graph=True`` keeps the Hessian-vector products;
+identity only (the Hessian term is dropped). With ONE inner step phi still gets its exact
+gradient, because g does not depend on phi; with several, the later gradients g(theta'_k) depend
+on phi through theta'_k, and first order drops that term too (tests/test_meta_step.py measures
+both). Second order: ``create_graph=True`` keeps the Hessian-vector products;
 PyTorch's fused attention kernels have no double backward, so the math SDPA backend is forced.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gramprompt.meta.regulator import regulate
+from gramprompt.meta.regulator import RegulatorConfig, regulate
 from gramprompt.prompts.base import Batch, PromptMethod
 
 Params = dict[str, Tensor]
@@ -50,9 +52,10 @@ def second_order_context(create_graph: bool):
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def adapt(method: PromptMethod, theta: Params, phi: Params | None, shape: str, task: TaskData, alpha: float,
-          steps: int = 1, create_graph: bool = False, scale_invariant: bool = False) -> tuple[Params, Params]:
-    """theta' after ``steps`` regulated SGD steps on the support set (``phi=None``: raw gradient).
+def adapt(method: PromptMethod, theta: Params, phi: Params | None, regulator: RegulatorConfig | str,
+          task: TaskData, alpha: float, steps: int = 1, create_graph: bool = False) -> tuple[Params, Params]:
+    """theta' after ``steps`` regulated SGD steps on the support set (``phi=None``: raw gradient);
+    ``regulator`` is phi's RegulatorConfig (or just its shape, in the default form).
 
     Returns theta' and the first step's regulated gradient (for the alignment statistic)."""
     params = dict(theta)
@@ -63,7 +66,7 @@ def adapt(method: PromptMethod, theta: Params, phi: Params | None, shape: str, t
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
         grads = dict(zip(names, grads))
         if phi is not None:
-            grads = regulate(phi, grads, shape, scale_invariant)
+            grads = regulate(phi, grads, regulator)
         if step == 0:
             first = grads
         params = {k: (v - alpha * grads[k]) if k in grads else v for k, v in params.items()}
@@ -79,16 +82,16 @@ class StepStats:
     alignment: float  # mean over tasks of cos(R_phi(g_support), g_query), both at theta
 
 
-def meta_loss(method: PromptMethod, theta: Params, phi: Params | None, shape: str, tasks: list[TaskData],
-              alpha: float, steps: int = 1, second_order: bool = False, stats: bool = True,
-              scale_invariant: bool = False) -> tuple[Tensor, StepStats | None]:
+def meta_loss(method: PromptMethod, theta: Params, phi: Params | None, regulator: RegulatorConfig | str,
+              tasks: list[TaskData], alpha: float, steps: int = 1, second_order: bool = False,
+              stats: bool = True) -> tuple[Tensor, StepStats | None]:
     """sum_t L(theta'_t; query_t), differentiable in theta and phi; with ``stats``, the logged
     before/after query loss and accuracy and the support-query gradient alignment (paper Fig. 3b)."""
     total = 0.0
     before_l, before_a, after_l, after_a, align = [], [], [], [], []
     with second_order_context(second_order):
         for task in tasks:
-            adapted, g_support = adapt(method, theta, phi, shape, task, alpha, steps, second_order, scale_invariant)
+            adapted, g_support = adapt(method, theta, phi, regulator, task, alpha, steps, second_order)
             loss, logits = task_loss(method, adapted, task.query, task.query_y, task.classnames)
             total = total + loss
             if stats:

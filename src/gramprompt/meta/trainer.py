@@ -85,6 +85,18 @@ def _load_state(path: Path) -> dict:
                         f"{str(err).splitlines()[0] if str(err) else ''}); delete {path.parent} to start over") from err
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested settings as ``{"regulator.shape": ...}``, so an option added to a nested config since a
+    checkpoint was written compares at its default too."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class MetaTrainer:
     """Owns the loop state; ``run`` resumes from ``out/checkpoint`` when it exists."""
 
@@ -114,8 +126,8 @@ class MetaTrainer:
                        + task_loss(self.method, state.theta, t.query, t.query_y, t.classnames)[0] for t in tasks)
             return loss, None
         loss_fn = batched_meta_loss if cfg.batched and supports_batched(self.method) else meta_loss
-        return loss_fn(self.method, state.theta, state.phi or None, cfg.regulator.shape, tasks,
-                       cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats, cfg.regulator.scale_invariant)
+        return loss_fn(self.method, state.theta, state.phi or None, cfg.regulator, tasks,
+                       cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
 
     def run(self) -> MetaState:
         cfg = self.cfg
@@ -216,10 +228,10 @@ class MetaTrainer:
         """Refuse to resume a checkpoint written with other settings: the result would mix two runs."""
         if not path.exists():
             return
-        saved, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
-        defaults = json.loads(json.dumps(asdict(MetaConfig())))  # an option added since: saved at its default
+        saved, now = _flat(json.loads(path.read_text())), _flat(json.loads(json.dumps(asdict(self.cfg))))
+        defaults = _flat(json.loads(json.dumps(asdict(MetaConfig()))))  # an option added since: saved at its default
         diff = sorted(k for k in set(saved) | set(now)
-                      if k not in self.RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k))
+                      if k.split(".")[0] not in self.RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k))
         if diff:
             raise ValueError(f"{self.out} holds a checkpoint meta-trained with other settings ({', '.join(diff)}: "
                              f"{ {k: saved.get(k) for k in diff} }); use another --out or delete it")
