@@ -1,6 +1,7 @@
 """The benchmark scripts keep running (smoke size; no timing is asserted)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,21 @@ def test_tar_read_benchmark_prints_its_table():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tar_read.py"), "--quick", "--reads", "20"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "| offset index (`load_pair_image`) |" in out and "Same pixels from both: True" in out
+
+
+def test_long_horizon_benchmark_prints_its_tables(tmp_path):
+    # --quick: a tiny random CLIP, digits, 2 meta-iterations per form, 2 shots x 2 epochs (~15 s on 2 cores)
+    script = [sys.executable, str(ROOT / "benchmarks" / "bench_long_horizon.py"), "--quick", "--threads", "1"]
+    out = subprocess.run([*script, "--meta-out", str(tmp_path / "meta")],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| theta* from | form | R_phi* | steps | final L2 distance to theta* |" in out
+    for form in ("literal", "scale-invariant", "bounded"):
+        assert f"| {form} | {form} | with | 20 |" in out and f"| {form} | {form} | without | 20 |" in out
+    # existing checkpoints: each regulates with the form its metadata records
+    files = [str(tmp_path / "meta" / form / "gram.safetensors") for form in ("bounded", "literal")]
+    subprocess.run([*script, "--checkpoint", *files, "--json", str(tmp_path / "lh.json")],
+                   capture_output=True, text=True, timeout=300, check=True)
+    runs = json.loads((tmp_path / "lh.json").read_text())["runs"]
+    assert [(r["form"], r["regulated"]) for r in runs] == [("bounded", True), ("bounded", False),
+                                                            ("literal", True), ("literal", False)]
+    assert all([e["epoch"] for e in r["epochs"]] == [0, 1, 2] and r["epochs"][0]["distance"] == 0 for r in runs)
