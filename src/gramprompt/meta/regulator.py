@@ -15,9 +15,9 @@ Why ``bounded`` cannot drift over the 5,000-160,000 batch-1 steps of test-time t
 meta-training (one or a few inner steps) never sees (DESIGN "The regulator at long horizons"):
 
 * R(0) = 0. The literal beta is close to the constant tanh(b_beta) for prompt gradients of ~1e-2,
-  so it is a push added at every step, also where the loss is flat; with SGD's momentum it moves a
-  coordinate by ~20 beta over a run of steps. With R(0) = 0 the stationary points of plain SGD stay
-  fixed points of the regulated update.
+  so it is a push added at every step, also where the loss is flat: at lr 0.002 and momentum 0.9,
+  ~0.02 beta per step, ~50 over 80,000 steps at |beta| = 0.03, against prompt coordinates of ~0.02.
+  With R(0) = 0 the stationary points of plain SGD stay fixed points of the regulated update.
 * ||g_hat|| <= ||g||: ||u|| = ||g||, and g_hat is a convex combination of g and u. No step is longer
   than plain SGD's at the same learning rate, whatever phi* learned, so the tuned prompt moves from
   theta* no further than plain SGD's path length allows.
