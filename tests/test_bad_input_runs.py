@@ -168,3 +168,12 @@ def test_meta_train_rerun_with_other_settings(tiny_clip_dir, tmp_path, capsys):
     assert _meta(tiny_clip_dir, tmp_path / "h", out, "--inner-lr", "0.05", "--overwrite") == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert not torch.equal(load_prompts(out / "gram.safetensors")[0]["text_ctx"], theta)
+
+
+def test_an_option_added_since_at_its_unset_default_is_the_same_run(tmp_path):
+    RunDir.create(tmp_path, {"meta": {"lr": 1.0}})
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    RunDir.create(tmp_path, {"meta": {"lr": 1.0, "form": None}}, resume=True)  # e.g. meta.regulator.form
+    assert (tmp_path / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="form: None there, 'bounded' now"):
+        RunDir.create(tmp_path, {"meta": {"lr": 1.0, "form": "bounded"}})

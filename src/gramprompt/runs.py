@@ -132,11 +132,13 @@ class RunDir:
             stored = self.config
         except (OSError, yaml.YAMLError) as err:
             return f"an unreadable config.yaml: {err}"
-        keys = sorted(k for k in _flat(stored).keys() | _flat(config).keys()
-                      if k not in may_differ and _flat(stored).get(k) != _flat(config).get(k))
+        old, new = _flat(stored), _flat(config)
+        # a key missing on disk whose value is now None is an option added since, left unset: the same run
+        keys = sorted(k for k in old.keys() | new.keys()
+                      if k not in may_differ and old.get(k) != new.get(k) and not (k not in old and new[k] is None))
         if not keys:
             return ""
-        shown = ", ".join(f"{k}: {_flat(stored).get(k)!r} there, {_flat(config).get(k)!r} now" for k in keys[:3])
+        shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys[:3])
         return f"other settings: {shown}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
     def clear(self) -> None:
