@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_chc_pipeline import small_config as pipeline_config
+
 from gramprompt.chc.config import CHCConfig
 from gramprompt.chc.features import FeatureExtractor
 from gramprompt.chc.pipeline import build_hierarchy, run_chc
@@ -110,11 +112,8 @@ N = 600
 
 
 def small_config(**topics) -> CHCConfig:
-    cfg = CHCConfig()
-    cfg.topics.min_cluster_size, cfg.topics.fit_size, cfg.topics.assign_chunk = 25, 400, 128
-    for k, v in topics.items():
-        setattr(cfg.topics, k, v)
-    return cfg
+    """test_chc_pipeline's small config, fitted on 400 of the N pairs."""
+    return pipeline_config(**{"fit_size": 400, **topics})
 
 
 @pytest.fixture(scope="module")
