@@ -61,8 +61,9 @@ def spec_name(spec: str) -> str:
     return spec.strip()
 
 
-def load_dataset(spec: str) -> ClassificationDataset:
-    """Load ``imagefolder:PATH``, ``coop:NAME:ROOT`` or a built-in name such as ``digits``.
+def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``(kind, fields)`` of a dataset spec without loading anything: ``("imagefolder", (PATH,))``,
+    ``("coop", (NAME, ROOT))`` or ``("builtin", (NAME,))``; a malformed or unknown spec is a DatasetError.
 
     Only the first ``:`` (two for coop) separate fields, so paths may contain ``:``.
     """
@@ -72,12 +73,23 @@ def load_dataset(spec: str) -> ClassificationDataset:
     if sep and kind == "imagefolder":
         if not rest:
             raise _bad_spec(spec, "imagefolder spec needs a path")
-        return load_imagefolder(rest)
+        return kind, (rest,)
     if sep and kind == "coop":
         name, sep2, root = rest.partition(":")
         if not (name and sep2 and root):
             raise _bad_spec(spec, "coop spec needs a name and a root")
-        return load_coop_family(name, root)
+        coop_family_name(name)
+        return kind, (name, root)
     if spec.lower() in BUILTIN_DATASETS:
-        return BUILTIN_DATASETS[spec.lower()]()
+        return "builtin", (spec.lower(),)
     raise _bad_spec(spec, "unknown dataset spec")
+
+
+def load_dataset(spec: str) -> ClassificationDataset:
+    """Load ``imagefolder:PATH``, ``coop:NAME:ROOT`` or a built-in name such as ``digits``."""
+    kind, fields = parse_spec(spec)
+    if kind == "imagefolder":
+        return load_imagefolder(*fields)
+    if kind == "coop":
+        return load_coop_family(*fields)
+    return BUILTIN_DATASETS[fields[0]]()

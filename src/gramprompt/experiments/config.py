@@ -20,9 +20,8 @@ from typing import Any
 import yaml
 
 from ..chc.config import CHCConfig
-from ..data.builtin import BUILTIN_DATASETS
 from ..data.dataset import DatasetError
-from ..data.registry import SPEC_FORMS, coop_family_name, dataset_names, spec_name
+from ..data.registry import parse_spec, spec_name
 from ..eval.protocols import FewShotConfig
 from ..meta.trainer import MetaConfig
 from ..prompts import METHODS, PromptConfig
@@ -155,29 +154,17 @@ def _options(hint: Any) -> tuple:
 def spec_problem(spec: str) -> str | None:
     """Why ``spec`` names no dataset, judged by its form as ``load_dataset`` reads it (nothing is loaded);
     None when it may."""
-    kind, sep, rest = spec.strip().partition(":")
-    if sep and kind.lower() == "imagefolder":
-        return None if rest else "imagefolder:PATH needs a path"
-    if sep and kind.lower() == "coop":
-        name, sep, root = rest.partition(":")
-        if not (name and sep and root):
-            return "coop:NAME:ROOT needs a name and a root"
-        try:
-            coop_family_name(name)
-        except DatasetError as err:
-            return str(err)
-        return None
-    if spec.strip().lower() in BUILTIN_DATASETS:
-        return None
-    return f"unknown dataset (forms: {', '.join(SPEC_FORMS)}; built-in names: {', '.join(dataset_names())})"
+    try:
+        parse_spec(spec)
+    except DatasetError as err:
+        return str(err)
+    return None
 
 
 def spec_path(spec: str) -> Path | None:
     """The local folder a well-formed spec reads: an image folder or a CoOp data root."""
-    kind, _, rest = spec.strip().partition(":")
-    if kind.lower() == "imagefolder":
-        return Path(rest)
-    return Path(rest.partition(":")[2]) if kind.lower() == "coop" else None
+    kind, fields = parse_spec(spec)
+    return Path(fields[-1]) if kind in ("imagefolder", "coop") else None
 
 
 # --------------------------------------------------------------------------- the config
