@@ -152,3 +152,43 @@ def test_stratified_split_counts_and_determinism() -> None:
 def test_stratified_split_needs_two_per_class() -> None:
     with pytest.raises(ValueError, match=r"\[1\]"):
         stratified_split(_samples({0: 5, 1: 1}))
+
+
+def test_validation_view_holds_out_part_of_train_never_test():
+    from gramprompt.data.registry import load_dataset, spec_name
+    from gramprompt.prompts import template_for
+
+    full = load_dataset("digits")
+    val = load_dataset("val:digits")
+    key = lambda s: s.source.tobytes()  # noqa: E731 (digits are in-memory arrays)
+    train, test = {key(s) for s in full.train}, {key(s) for s in full.test}
+    val_train, val_test = [key(s) for s in val.train], [key(s) for s in val.test]
+    assert set(val_test) <= train and not set(val_test) & test  # chosen on train images only
+    assert not set(val_train) & set(val_test) and set(val_train) | set(val_test) == train
+    assert abs(len(val_test) - 0.3 * len(full.train)) <= 1
+    assert {s.label for s in val.test} == set(range(10)) and val.classnames == full.classnames
+    assert val.name == spec_name("val:digits") == "digits@val"
+    assert template_for("emoji-groups@val") == template_for("emoji-groups") == "an emoji of {}."
+    again = load_dataset("val:digits")
+    assert [key(s) for s in again.test] == val_test  # seeded: the same view every time
+
+
+def test_validation_view_uses_a_shipped_val_split():
+    from gramprompt.data.dataset import ClassificationDataset, Sample
+    from gramprompt.data.splits import validation_view
+
+    ds = ClassificationDataset("x", ["a", "b"], [Sample("t0", 0), Sample("t1", 1)], [Sample("z", 0)],
+                               val=[Sample("v0", 0), Sample("v1", 1)])
+    view = validation_view(ds)
+    assert [s.source for s in view.test] == ["v0", "v1"] and [s.source for s in view.train] == ["t0", "t1"]
+
+
+def test_validation_spec_of_a_validation_spec_is_refused():
+    import pytest
+
+    from gramprompt.data.dataset import DatasetError
+    from gramprompt.data.registry import parse_spec
+
+    with pytest.raises(DatasetError, match="validation view of a validation view"):
+        parse_spec("val:val:digits")
+    assert parse_spec("val:digits") == ("val", ("digits",))

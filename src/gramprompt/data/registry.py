@@ -9,8 +9,10 @@ from gramprompt.data.coop import COOP_DATASETS, canonical_name, load_coop
 from gramprompt.data.dataset import ClassificationDataset, DatasetError
 from gramprompt.data.imagefolder import load_imagefolder
 from gramprompt.data.imagenet_variants import IMAGENET_VARIANTS, load_variant, variant_name
+from gramprompt.data.splits import validation_name, validation_view
 
-SPEC_FORMS = ("imagefolder:PATH", "coop:NAME:ROOT", "<built-in name>")
+SPEC_FORMS = ("imagefolder:PATH", "coop:NAME:ROOT", "<built-in name>", "val:<any of these>")
+VAL = "val"  # ``val:SPEC``: the dataset's validation view (see splits.validation_view), for choosing settings
 
 
 def dataset_names() -> list[str]:
@@ -48,8 +50,11 @@ def load_coop_family(name: str, root: str | os.PathLike) -> ClassificationDatase
 
 def spec_name(spec: str) -> str:
     """The short name of a dataset spec, for table columns and run folders, without loading it:
-    ``coop:OxfordPets:/data`` -> ``OxfordPets``, ``imagefolder:/x/pets/`` -> ``pets``, ``digits`` -> ``digits``."""
+    ``coop:OxfordPets:/data`` -> ``OxfordPets``, ``imagefolder:/x/pets/`` -> ``pets``, ``digits`` -> ``digits``,
+    ``val:digits`` -> ``digits@val``."""
     kind, _, rest = spec.strip().partition(":")
+    if kind.lower() == VAL:
+        return validation_name(spec_name(rest))
     if kind.lower() == "coop":
         name = rest.partition(":")[0]
         try:
@@ -70,6 +75,10 @@ def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
     kind = kind.lower()
+    if sep and kind == VAL:
+        if rest.strip().lower().startswith(f"{VAL}:"):
+            raise _bad_spec(spec, "a validation view of a validation view")
+        return kind, (rest.strip(),)
     if sep and kind == "imagefolder":
         if not rest:
             raise _bad_spec(spec, "imagefolder spec needs a path")
@@ -86,8 +95,11 @@ def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
 
 
 def load_dataset(spec: str) -> ClassificationDataset:
-    """Load ``imagefolder:PATH``, ``coop:NAME:ROOT`` or a built-in name such as ``digits``."""
+    """Load ``imagefolder:PATH``, ``coop:NAME:ROOT``, a built-in name such as ``digits``, or ``val:`` one of
+    them (its validation view: test images that no reported table tests on)."""
     kind, fields = parse_spec(spec)
+    if kind == VAL:
+        return validation_view(load_dataset(fields[0]))
     if kind == "imagefolder":
         return load_imagefolder(*fields)
     if kind == "coop":

@@ -128,3 +128,27 @@ def stratified_split(
         np.arange(len(samples)), test_size=test_fraction, stratify=labels, random_state=seed
     )
     return ([samples[i] for i in np.sort(train_idx)], [samples[i] for i in np.sort(test_idx)])
+
+
+VALIDATION_FRACTION = 0.3  # of the train split, for datasets that ship no validation split
+VALIDATION_SUFFIX = "@val"
+
+
+def validation_name(name: str) -> str:
+    return f"{name}{VALIDATION_SUFFIX}"
+
+
+def validation_view(dataset: ClassificationDataset, fraction: float = VALIDATION_FRACTION,
+                    seed: int = 0) -> ClassificationDataset:
+    """The dataset to choose settings on: its ``val`` split as the test split, or, when it ships none, a
+    seeded stratified ``fraction`` of its train split (the rest stays the train split). Its test images
+    are never a reported table's test images, so a setting chosen on it is chosen without the test split.
+
+    The name gets ``@val`` (feature caches and run folders keep the two apart; the prompt template
+    is the dataset's own)."""
+    if dataset.val:
+        train, val = list(dataset.train), list(dataset.val)
+    else:
+        train, val = stratified_split(dataset.train, fraction, seed)
+    return ClassificationDataset(name=validation_name(dataset.name), classnames=list(dataset.classnames),
+                                 train=train, test=val)

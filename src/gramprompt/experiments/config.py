@@ -164,6 +164,8 @@ def spec_problem(spec: str) -> str | None:
 def spec_path(spec: str) -> Path | None:
     """The local folder a well-formed spec reads: an image folder or a CoOp data root."""
     kind, fields = parse_spec(spec)
+    if kind == "val":
+        return spec_path(fields[0])
     return Path(fields[-1]) if kind in ("imagefolder", "coop") else None
 
 

@@ -30,5 +30,6 @@ DATASET_TEMPLATES: dict[str, str] = {
 
 
 def template_for(dataset_name: str) -> str:
-    key = dataset_name.lower().replace("-", "").replace("_", "")
+    """The dataset's template; a validation view (``name@val``) uses its dataset's."""
+    key = dataset_name.partition("@")[0].lower().replace("-", "").replace("_", "")
     return DATASET_TEMPLATES.get(key, DEFAULT_TEMPLATE)
