@@ -197,6 +197,7 @@ class Row:
     regulator: bool = True  # False: theta* only, plain updates
     init_seed: int | None = None  # seed of a fresh random initialization (None: the run's seed)
     init: str | None = None  # start from this prompts file (e.g. a checkpoint made elsewhere)
+    compare: tuple[str, ...] = ()  # labels of the rows this one is tested against (paired H difference, 95% interval)
 
     def __post_init__(self) -> None:
         if not self.title:
@@ -279,6 +280,8 @@ class Experiment:
             out.append(f"duplicate row labels in {labels}")
         out += [f"row {r.label!r} uses variant {r.variant!r}, not among {sorted(self.variants)}"
                 for r in self.rows if r.variant is not None and r.variant not in self.variants]
+        out += [f"row {r.label!r} compares with unknown row {c!r} (rows: {labels})"
+                for r in self.rows for c in r.compare if c not in labels or c == r.label]
         needs_chc = [n for n, v in self.variants.items() if not (v.supervised or v.checkpoint)]
         if self.used_variants() & set(needs_chc) and self.hierarchy is None:
             out.append(f"variant(s) {needs_chc} are meta-trained on a CHC hierarchy: add 'hierarchy'")
