@@ -125,3 +125,23 @@ def test_cached_stems_give_the_same_evaluation_as_pixels(backbone, gen):
     finally:
         backbone.cache_stems = False
     assert direct == cached
+
+
+def test_each_epoch_logs_the_drift_from_init_without_changing_training(backbone, gen):
+    """drift = ||params - init|| over all tensors, after every epoch; logging it changes no result."""
+    vpt = build_method("vpt", backbone)
+    init = vpt.init_params(gen)
+    cfg = TuneConfig(epochs=3, batch_size=4, lr=0.1)
+    after: dict[int, dict] = {}
+    logged = []
+    out = train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1, log=logged.append,
+                        on_epoch=lambda e, p: after.setdefault(e, {k: v.detach().clone() for k, v in p.items()}))
+    assert [r["epoch"] for r in logged] == [1, 2, 3] and all(r["drift"] > 0 for r in logged)
+    for record in logged:
+        moved = after[record["epoch"]]
+        by_hand = math.sqrt(sum(((moved[k].double() - init[k].double()) ** 2).sum().item() for k in init))
+        assert record["drift"] == pytest.approx(by_hand, rel=1e-5)
+    assert logged[-1]["drift"] == pytest.approx(
+        math.sqrt(sum(((out[k].double() - init[k].double()) ** 2).sum().item() for k in init)), rel=1e-5)
+    quiet = train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1)  # no log, no hook: bit-identical
+    assert all(torch.equal(quiet[k], out[k]) for k in out)

@@ -70,6 +70,16 @@ def _decoded_images(samples: Sequence[Sample]) -> tuple[list, Tensor]:
     return images, torch.tensor(labels)
 
 
+def drift(params: Params, start: Params) -> float:
+    """L2 distance of all parameters from ``start``, over every tensor together: how far tuning has moved
+    the prompts (from GRAM's theta*, or a fresh init), logged per epoch so a regulator R_phi* whose bias
+    keeps pushing the prompts away over a long batch-1 run shows as a distance that keeps growing
+    (benchmarks/README.md). Reads only: no autograd graph, no random numbers."""
+    with torch.no_grad():
+        squares = sum(float(torch.linalg.vector_norm((p.detach() - start[k]).float()) ** 2) for k, p in params.items())
+    return math.sqrt(squares)
+
+
 def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample], classnames: list[str],
                   cfg: TuneConfig, *, seed: int, grad_transform: GradTransform | None = None,
                   cache: FeatureCache | None = None, cache_key: tuple = (),
@@ -79,7 +89,8 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
 
     All randomness (shuffling, augmentation) comes from generators seeded by ``seed``. A step whose
     (regulated) gradient is not finite is skipped and counted, never applied; more than ``MAX_SKIPPED``
-    of them, or an update that makes a parameter non-finite, is a :class:`NonFiniteError`.
+    of them, or an update that makes a parameter non-finite, is a :class:`NonFiniteError`. Each epoch's
+    ``log`` record holds its ``drift``: the distance of the parameters from ``init`` (:func:`drift`).
     """
     check_rate("the learning rate (--lr)", cfg.lr)
     check_finite(init, "the initial prompts")
@@ -135,7 +146,7 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             logger.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient", epoch + 1, skipped)
         steps_done, steps_skipped = steps_done + len(steps), steps_skipped + skipped
         record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / max(n, 1), "train_acc": 100.0 * correct / max(n, 1),
-                  "skipped_steps": skipped}
+                  "skipped_steps": skipped, "drift": drift(params, init)}
         if log is not None:
             log(record)
         if on_epoch is not None:
