@@ -11,7 +11,6 @@ from ..data.images import load_batch
 from ..errors import NonFiniteError
 from ..prompts.base import Batch, PromptMethod
 from ..tuning.features import FeatureCache, encode_images, input_kind
-from .metrics import accuracy
 
 def _predict(logits: Tensor) -> Tensor:
     """argmax of the logits; NaN logits would all be 'class 0' and score like a real model."""
@@ -25,9 +24,11 @@ MAX_TEXT_SEQUENCES = 4096
 
 
 @torch.no_grad()
-def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[Sample], classnames: list[str],
-             *, batch_size: int = 64, cache: FeatureCache | None = None, cache_key: tuple | None = None) -> float:
-    """Accuracy in percent; unreadable images are skipped (and logged), not counted."""
+def correctness(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[Sample], classnames: list[str],
+                *, batch_size: int = 64, cache: FeatureCache | None = None,
+                cache_key: tuple | None = None) -> Tensor:
+    """Whether each readable sample is classified correctly (bool, in sample order), so that paired tests can
+    match the same test image across runs; unreadable images are skipped (and logged), not counted."""
     bb = method.backbone
     kind = input_kind(method)
     if kind == "pixels":
@@ -41,7 +42,7 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
             labels.extend(chunk[i].label for i in kept)
         if not preds:
             raise ValueError("no readable test image")
-        return accuracy(torch.cat(preds), torch.tensor(labels))
+        return _correct(torch.cat(preds), torch.tensor(labels))
     if cache is not None and cache_key is not None:
         feats, labels = cache.get((*cache_key, "eval"), samples, bb.transform.eval, batch_size, kind=kind)
     else:
@@ -54,4 +55,29 @@ def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[
         step = len(feats)
     preds = torch.cat([_predict(method.logits(params, Batch(**{kind: feats[i:i + step]}), classnames))
                        for i in range(0, len(feats), step)])
-    return accuracy(preds.cpu(), labels.cpu())
+    return _correct(preds.cpu(), labels.cpu())
+
+
+def _correct(preds: Tensor, labels: Tensor) -> Tensor:
+    if preds.shape[0] != labels.shape[0]:
+        raise ValueError(f"{preds.shape[0]} predictions but {labels.shape[0]} labels")
+    return preds.long() == labels.reshape(-1).long()
+
+
+def accuracy_of(correct: Tensor) -> float:
+    """Accuracy in percent of a correctness vector, computed exactly as ``metrics.accuracy`` does."""
+    if correct.numel() == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return 100.0 * correct.sum().item() / correct.numel()
+
+
+def correct_bits(correct: Tensor) -> str:
+    """A correctness vector as a '0'/'1' string (one char per image): compact in a JSON summary."""
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[Sample], classnames: list[str],
+             *, batch_size: int = 64, cache: FeatureCache | None = None, cache_key: tuple | None = None) -> float:
+    """Accuracy in percent; unreadable images are skipped (and logged), not counted."""
+    return accuracy_of(correctness(method, params, samples, classnames, batch_size=batch_size, cache=cache,
+                                   cache_key=cache_key))

@@ -17,7 +17,7 @@ from ..runs import RunDir, load_prompts
 from ..tuning.config import TuneConfig
 from ..tuning.features import FeatureCache
 from ..tuning.train import train_prompts
-from .evaluate import evaluate
+from .evaluate import accuracy_of, correct_bits, correctness, evaluate
 from .metrics import harmonic_mean
 
 # Called after every tuning epoch with the method, the epoch (1-based) and the current parameters.
@@ -142,21 +142,24 @@ def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShot
     cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
-    def accuracies(method: PromptMethod, params: dict[str, Tensor]) -> tuple[float, float]:
-        return (evaluate(method, params, _test(base, cfg), base.classnames, batch_size=bs, cache=cache,
-                         cache_key=(dataset.name, "base", cfg.max_test_per_class)),
-                evaluate(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
-                         cache_key=(dataset.name, "new", cfg.max_test_per_class)))
+    def corrects(method: PromptMethod, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return (correctness(method, params, _test(base, cfg), base.classnames, batch_size=bs, cache=cache,
+                            cache_key=(dataset.name, "base", cfg.max_test_per_class)),
+                correctness(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
+                            cache_key=(dataset.name, "new", cfg.max_test_per_class)))
 
     def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
-        b, n = accuracies(method, params)
-        run.log({"epoch": epoch, "test_base": b, "test_new": n})
+        b, n = corrects(method, params)
+        run.log({"epoch": epoch, "test_base": accuracy_of(b), "test_new": accuracy_of(n)})
 
     method, params, n_train = _tune(backbone, base, cfg, run, cache, "base", log_epoch if per_epoch else None)
-    acc_base, acc_new = accuracies(method, params)
+    ok_base, ok_new = corrects(method, params)
+    acc_base, acc_new = accuracy_of(ok_base), accuracy_of(ok_new)
+    # Per-image correctness (test subsets are seeded, the same for every run of a dataset): paired tests.
     summary = {**_summary(backbone, dataset, cfg, "base2new"), "base": acc_base, "new": acc_new,
                "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
                "base_classes": base.num_classes, "new_classes": new.num_classes,
+               "correct": {"base": correct_bits(ok_base), "new": correct_bits(ok_new)},
                "seconds": time.perf_counter() - start}
     if run is not None:
         run.write_summary(summary)
@@ -171,19 +174,24 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
-    def accuracies(method: PromptMethod, params: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
-        acc_source = evaluate(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
-                              cache_key=(source.name, "all", cfg.max_test_per_class))
-        return acc_source, target_accuracies(method, params, {t.name: t for t in targets}, cfg, cache=cache)
+    def corrects(method: PromptMethod, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        ok_source = correctness(method, params, _test(source, cfg), source.classnames, batch_size=bs, cache=cache,
+                                cache_key=(source.name, "all", cfg.max_test_per_class))
+        return ok_source, target_correctness(method, params, {t.name: t for t in targets}, cfg, cache=cache)
 
     def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
-        s, t = accuracies(method, params)
-        run.log({"epoch": epoch, "test_source": s, "test_targets": t})
+        s, t = corrects(method, params)
+        run.log({"epoch": epoch, "test_source": accuracy_of(s),
+                 "test_targets": {name: accuracy_of(ok) for name, ok in t.items()}})
 
     method, params, n_train = _tune(backbone, source, cfg, run, cache, "all", log_epoch if per_epoch else None)
-    acc_source, accs = accuracies(method, params)
-    summary = {**_summary(backbone, source, cfg, "transfer"), "source": acc_source, "targets": accs,
-               "train_images": n_train, "seconds": time.perf_counter() - start}
+    ok_source, ok_targets = corrects(method, params)
+    summary = {**_summary(backbone, source, cfg, "transfer"), "source": accuracy_of(ok_source),
+               "targets": {name: accuracy_of(ok) for name, ok in ok_targets.items()},
+               "train_images": n_train,
+               "correct": {"source": correct_bits(ok_source),
+                           "targets": {name: correct_bits(ok) for name, ok in ok_targets.items()}},
+               "seconds": time.perf_counter() - start}
     if run is not None:
         run.write_summary(summary)
     return summary
@@ -193,9 +201,15 @@ def target_accuracies(method: PromptMethod, params: dict[str, Tensor], targets: 
                       cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
     """Accuracy of tuned prompts on each target, with its own class names and template (keyed by the given
     names); targets can also be added to a finished transfer run this way, without tuning again."""
-    return {name: evaluate(_for_target(method, t), params, _test(t, cfg), t.classnames,
-                           batch_size=cfg.tune.eval_batch_size, cache=cache,
-                           cache_key=(t.name, "all", cfg.max_test_per_class))
+    return {name: accuracy_of(ok) for name, ok in target_correctness(method, params, targets, cfg, cache=cache).items()}
+
+
+def target_correctness(method: PromptMethod, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
+                       cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, Tensor]:
+    """Per-image correctness of tuned prompts on each target (see :func:`target_accuracies`)."""
+    return {name: correctness(_for_target(method, t), params, _test(t, cfg), t.classnames,
+                              batch_size=cfg.tune.eval_batch_size, cache=cache,
+                              cache_key=(t.name, "all", cfg.max_test_per_class))
             for name, t in targets.items()}
 
 
