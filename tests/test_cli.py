@@ -104,6 +104,16 @@ def test_bad_input_gives_one_clear_line(tiny_clip_dir, tmp_path, capsys, args, m
     assert err.startswith("gram: error:") and message in err.lower() and len(err.splitlines()) == 1
 
 
+def test_drift_tabulates_a_fewshot_run_and_exits_0_without_a_verdict(tiny_clip_dir, tmp_path, capsys):
+    assert _fewshot(tiny_clip_dir, tmp_path / "runs" / "coop") == 0
+    capsys.readouterr()
+    assert main(["drift", str(tmp_path / "runs")]) == 0  # exit 1 only when an R_phi* drifted (tests/test_drift.py)
+    out = capsys.readouterr().out
+    assert "| coop | digits | 1 | fresh init |" in out and "no run here was tuned with an R_phi*" in out
+    assert main(["drift", str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
 def test_unknown_method_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         main(["fewshot", "--backbone", "hf:x", "--method", "maple", "--dataset", "digits", "--out", "x"])

@@ -112,6 +112,15 @@ def cmd_table(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(a: argparse.Namespace) -> int:
+    """Drift per epoch and the regulated-vs-unregulated verdicts; 1 when an R_phi* drifted."""
+    from .eval.drift import report
+
+    text, drifted = report(a.dirs, a.limit)
+    print(text)
+    return 1 if drifted else 0
+
+
 def cmd_figure(a: argparse.Namespace) -> int:
     from .eval import figures
 
@@ -284,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="aggregate run folders into Markdown tables (mean ± std over seeds)")
     p.add_argument("dirs", nargs="+", type=Path, help="run folders (searched recursively for summary.json)")
     p.set_defaults(fn=cmd_table)
+
+    from .eval.drift import RATIO_LIMIT
+
+    p = sub.add_parser("drift", help="how far tuning moved the prompts from their start, per epoch; whether GRAM's "
+                                    "R_phi* drifted them (exit 1 when it did)")
+    p.add_argument("dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="few-shot run folders, or folders holding them (searched recursively)")
+    p.add_argument("--limit", type=float, default=RATIO_LIMIT,
+                   help=f"a regulated run whose final drift exceeds this multiple of the same run's without "
+                        f"R_phi* drifted (default {RATIO_LIMIT:g}; offline: literal 15x, scale-invariant 3.3x, "
+                        "bounded 1.4x)")
+    p.set_defaults(fn=cmd_drift)
 
     p = sub.add_parser("figure", help="the paper's Fig. 1a, 3a, 3b as PNG from run folders")
     figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
