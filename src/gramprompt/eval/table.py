@@ -4,6 +4,10 @@ Base-to-new: one row per (dataset, method) with mean ± sample std over seeds, t
 "Average" row per method. As in the GRAM paper, H of any aggregated row is the harmonic mean
 of the aggregated Base and New, never the mean of per-seed or per-dataset H values.
 Transfer: one table per (source dataset, target set), rows = methods.
+
+The runs of a cell are repeats over seeds and, for GRAM rows of a multi-hierarchy experiment, over CHC
+hierarchies (a summary's ``hierarchy``): (hierarchy, seed) identifies a repeat. Significance tables compare a
+row with its base row by a paired bootstrap over test images, seeds and hierarchies (``eval.significance``).
 """
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from gramprompt.eval.metrics import harmonic_mean, mean_std
+from gramprompt.eval.significance import HDiff, RowCells, paired_h_bootstrap
 from gramprompt.runs import SUMMARY
 
 BASE2NEW = "base2new"
@@ -63,12 +70,26 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def hierarchy(summary: dict) -> int | None:
+    """The CHC hierarchy (its clustering seed) a run's theta* was meta-trained on; None: no hierarchy
+    (a base row, or an experiment with a single hierarchy)."""
+    return summary.get("hierarchy")
+
+
+def _repeat(summary: dict) -> str:
+    h = hierarchy(summary)
+    return str(summary.get("seed")) if h is None else f"{summary.get('seed')} (hierarchy {h})"
+
+
 def _check_group(runs: list[dict], what: str) -> None:
-    """Refuse to pool runs that are not repeats of one experiment (a silent wrong mean is worse)."""
-    seeds = [r.get("seed") for r in runs]
-    dupes = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+    """Refuse to pool runs that are not repeats of one experiment (a silent wrong mean is worse).
+    A repeat is a (hierarchy, seed): 3 hierarchies x 5 seeds are 15 runs of one cell."""
+    keys = [_repeat(r) for r in runs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise ValueError(f"{what}: seed(s) {', '.join(dupes)} appear more than once")
+    if len({hierarchy(r) is None for r in runs}) > 1:
+        raise ValueError(f"{what}: mixes runs with and without a 'hierarchy'; filter the summaries first")
     for key in ("backbone", "shots"):
         vals = _ordered(r.get(key) for r in runs)
         if len(vals) > 1:
@@ -76,7 +97,15 @@ def _check_group(runs: list[dict], what: str) -> None:
 
 
 def _seeds(runs: list[dict]) -> str:
-    return ", ".join(str(s) for s in sorted(r.get("seed") for r in runs if r.get("seed") is not None))
+    """The seeds of a cell, and its hierarchies if it has any."""
+    seeds = ", ".join(str(s) for s in sorted({r.get("seed") for r in runs if r.get("seed") is not None}))
+    hs = _hierarchies(runs)
+    return seeds + (f" (hierarchies {', '.join(map(str, hs))})" if hs else "")
+
+
+def _hierarchies(runs: Iterable[dict]) -> list[int]:
+    """The hierarchies among ``runs``, sorted (none for runs without one)."""
+    return sorted({h for h in map(hierarchy, runs) if h is not None})
 
 
 def _seed_group(runs: Sequence[dict], dataset: str, label: str) -> list[dict]:
@@ -88,7 +117,7 @@ def _seed_group(runs: Sequence[dict], dataset: str, label: str) -> list[dict]:
 
 
 def _means(group: Sequence[dict]) -> tuple[float, float]:
-    """Mean Base and mean New over the seeds of a cell."""
+    """Mean Base and mean New over the runs (seeds, hierarchies) of a cell."""
     return mean_std(float(s["base"]) for s in group)[0], mean_std(float(s["new"]) for s in group)[0]
 
 
@@ -117,31 +146,178 @@ def base2new_table(summaries: Sequence[dict]) -> str:
     return _markdown(["Dataset", "Method", "Base", "New", "H", "seeds"], rows)
 
 
+def _average(runs: Sequence[dict], label: str, datasets: Sequence[str],
+             keep: int | None = None) -> tuple[float, float] | None:
+    """A row's Base and New averaged over ``datasets`` (each the mean over its cell's runs, only hierarchy
+    ``keep``'s if given); None unless every dataset has runs: an average over a subset would not compare."""
+    means = []
+    for ds in datasets:
+        group = [s for s in _seed_group(runs, ds, label) if keep is None or hierarchy(s) == keep]
+        if not group:
+            return None
+        means.append(_means(group))
+    if not means:
+        return None
+    return mean_std(m[0] for m in means)[0], mean_std(m[1] for m in means)[0]
+
+
+def _hierarchy_spread(runs: Sequence[dict], label: str, datasets: Sequence[str]) -> str:
+    """min–max over a row's hierarchies of its average H, each from that hierarchy's runs only ("–": none)."""
+    hs = [harmonic_mean(*avg) for h in _hierarchies(s for s in runs if row_label(s) == label)
+          if (avg := _average(runs, label, datasets, keep=h)) is not None]
+    return f"{min(hs):.2f}–{max(hs):.2f} (n={len(hs)})" if hs else "–"
+
+
 def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], datasets: Sequence[str]) -> str:
     """The GRAM paper's Table 1 layout: one row per method (``(label, title)`` pairs, in order),
-    Base / New / H averaged over datasets first, then each dataset's mean over seeds.
+    Base / New / H averaged over datasets first, then each dataset's mean over its runs (seeds, and
+    hierarchies for GRAM rows).
 
-    A row's average needs every dataset (else "–"): an average over a subset would not compare."""
+    A row's average needs every dataset (else "–"): an average over a subset would not compare. When a row
+    has runs on several hierarchies, a column "H over hierarchies" shows the spread (min–max) of each row's
+    per-hierarchy average H: the hierarchy alone moves GRAM rows."""
     runs = [s for s in summaries if protocol(s) == BASE2NEW]
+    labels = {label for label, _ in rows}
+    spread = any(len(_hierarchies(s for s in runs if row_label(s) == lb and s["dataset"] in datasets)) > 1
+                 for lb in labels)
     out = []
     for label, title in rows:
-        cells, means = [], []
+        cells = []
         for ds in datasets:
             group = _seed_group(runs, ds, label)
             if not group:
                 cells.append("–")
                 continue
             b, n = _means(group)
-            means.append((b, n))
             cells.append(f"{b:.2f} / {n:.2f} / {harmonic_mean(b, n):.2f}")
-        if means and len(means) == len(datasets):
-            b, n = (mean_std(m[i] for m in means)[0] for i in (0, 1))
-            avg = [f"{b:.2f}", f"{n:.2f}", f"**{harmonic_mean(b, n):.2f}**"]
-        else:
-            avg = ["–", "–", "–"]
-        out.append([title, *avg, *cells])
-    header = ["Method", "Avg Base", "Avg New", "Avg H", *(f"{d} (B / N / H)" for d in datasets)]
+        avg = _average(runs, label, datasets)
+        avg_cells = ["–", "–", "–"] if avg is None else [f"{avg[0]:.2f}", f"{avg[1]:.2f}",
+                                                          f"**{harmonic_mean(*avg):.2f}**"]
+        extra = [_hierarchy_spread(runs, label, datasets)] if spread else []
+        out.append([title, *avg_cells, *extra, *cells])
+    header = ["Method", "Avg Base", "Avg New", "Avg H", *(["H over hierarchies"] if spread else []),
+              *(f"{d} (B / N / H)" for d in datasets)]
     return _markdown(header, out)
+
+
+def _bits(summary: dict, split: str) -> np.ndarray | None:
+    """A run's per-image correctness on ``split`` as a bool array; None if the summary predates it."""
+    bits = (summary.get("correct") or {}).get(split)
+    if not isinstance(bits, str) or not bits:
+        return None
+    codes = np.frombuffer(bits.encode("ascii", "replace"), dtype=np.uint8)
+    if ((codes != ord("0")) & (codes != ord("1"))).any():
+        raise ValueError(f"{summary.get('dataset')}/{row_label(summary)} seed {summary.get('seed')}: "
+                         f"'correct.{split}' must be a string of 0s and 1s")
+    return codes == ord("1")
+
+
+def _row_cells(runs: Sequence[dict], label: str, datasets: Sequence[str], seeds: dict[str, list],
+               hs: list[int | None]) -> RowCells | str:
+    """dataset -> (base, new) correctness of shape (hierarchies ``hs``, ``seeds[dataset]``, images)."""
+    out = {}
+    for ds in datasets:
+        by_key = {(hierarchy(s), s.get("seed")): s for s in _seed_group(runs, ds, label)}
+        pair = []
+        for split in ("base", "new"):
+            bits = [[_bits(by_key[h, k], split) for k in seeds[ds]] for h in hs]
+            if any(b is None for row in bits for b in row):
+                return f"{label} on {ds}: runs without per-image correctness (summaries written before it was stored)"
+            if len({b.size for row in bits for b in row}) != 1:
+                return f"{label} on {ds}/{split}: runs evaluated on different numbers of test images"
+            pair.append(np.array(bits))
+        out[ds] = (pair[0], pair[1])
+    return out
+
+
+def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str],
+                keep: int | None = None) -> tuple[RowCells, RowCells] | str:
+    """Both rows' correctness arrays over the repeats they can be paired on, or why there are none.
+
+    Each row keeps the hierarchies it has on every dataset; ``keep``: row ``a`` keeps that hierarchy only,
+    and so does ``b`` if it has it. Each dataset keeps the seeds that both rows have on every kept hierarchy."""
+    if not datasets:
+        return "no dataset"
+    groups = {lb: {ds: _seed_group(runs, ds, lb) for ds in datasets} for lb in (a, b)}
+    hs: dict[str, list[int | None]] = {}
+    for lb, by_ds in groups.items():
+        missing = [ds for ds, g in by_ds.items() if not g]
+        if missing:
+            return f"no runs of {lb} on {', '.join(missing)}"
+        common = set.intersection(*({hierarchy(s) for s in g} for g in by_ds.values()))
+        if keep is not None and (keep in common or lb == a):
+            common &= {keep}
+        if not common:
+            return f"{lb}: no hierarchy{'' if keep is None else f' {keep}'} has runs on every dataset"
+        hs[lb] = sorted(common, key=lambda h: (h is None, h))
+    seeds = {}
+    for ds in datasets:
+        sets = [{s.get("seed") for s in groups[lb][ds] if hierarchy(s) == h} for lb in (a, b) for h in hs[lb]]
+        seeds[ds] = sorted(set.intersection(*sets))
+        if not seeds[ds]:
+            return f"no seed of {ds} has runs of both rows"
+    cells = [_row_cells(runs, lb, datasets, seeds, hs[lb]) for lb in (a, b)]
+    for c in cells:
+        if isinstance(c, str):
+            return c
+    for ds in datasets:
+        for i, split in enumerate(("base", "new")):
+            if cells[0][ds][i].shape[2] != cells[1][ds][i].shape[2]:
+                return f"{ds}/{split}: the rows were evaluated on different numbers of test images"
+    return cells[0], cells[1]
+
+
+def _interval(d: HDiff) -> str:
+    return f"{d.d_h:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+
+
+def _holds(diffs: Sequence[HDiff | None]) -> str:
+    """'yes (> 0)' / 'yes (< 0)' if every per-hierarchy interval excludes 0 on the same side."""
+    if not diffs or any(d is None for d in diffs):
+        return "n/a"
+    sides = {d.side for d in diffs}
+    if len(sides) == 1 and 0 not in sides:
+        return "yes (> 0)" if sides == {1} else "yes (< 0)"
+    return "no"
+
+
+def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[str, str, str, str]],
+                       datasets: Sequence[str], *, replicates: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> str:
+    """Each comparison ``(row label, row title, base label, base title)``: the row's Base, New and average H
+    minus its base row's, with a paired bootstrap interval of the H difference (``eval.significance``),
+    pooled over hierarchies and per hierarchy of the row, and whether it holds on every hierarchy.
+
+    Comparisons without per-image correctness (old summaries) show the differences of the table averages
+    and "–" for intervals; the reasons are listed under the table."""
+    runs = [s for s in summaries if protocol(s) == BASE2NEW]
+    pct = f"{100 * level:g}%"
+    out, notes = [], []
+    for label, title, base, base_title in comparisons:
+        pooled = _pair_cells(runs, label, base, datasets)
+        if isinstance(pooled, str):
+            notes.append(f"{title} vs {base_title}: {pooled}")
+            a, b = _average(runs, label, datasets), _average(runs, base, datasets)
+            points = ["–"] * 2 if a is None or b is None else [f"{a[0] - b[0]:+.2f}", f"{a[1] - b[1]:+.2f}"]
+            h = "–" if a is None or b is None else f"{harmonic_mean(*a) - harmonic_mean(*b):+.2f} [–]"
+            out.append([title, base_title, *points, h, "–", "n/a"])
+            continue
+        d = paired_h_bootstrap(*pooled, replicates=replicates, level=level, rng=seed)
+        per: list[tuple[int, HDiff | None]] = []
+        for h in _hierarchies(s for s in runs if row_label(s) == label and s["dataset"] in datasets):
+            cells = _pair_cells(runs, label, base, datasets, keep=h)
+            per.append((h, None if isinstance(cells, str) else
+                        paired_h_bootstrap(*cells, replicates=replicates, level=level, rng=seed)))
+        per_cell = "; ".join(f"h{h}: {_interval(x) if x else '–'}" for h, x in per) or "–"
+        out.append([title, base_title, f"{d.d_base:+.2f}", f"{d.d_new:+.2f}", _interval(d), per_cell,
+                    _holds([x for _, x in per])])
+    header = ["Row", "vs", "ΔBase", "ΔNew", f"ΔH [{pct} interval]", f"per hierarchy ΔH [{pct} interval]",
+              "holds on every hierarchy"]
+    legend = (f"Paired bootstrap, {replicates} replicates (seed {seed}), {pct} percentile intervals: each replicate "
+              f"resamples the test images of every dataset and split and the seeds of every dataset (the same "
+              f"for both rows), and each row's CHC hierarchies (shared across datasets); H is the harmonic mean "
+              f"of the dataset-averaged Base and New; per hierarchy: the row's runs on that hierarchy only.")
+    return "\n\n".join([_markdown(header, out), legend, *(["Not tested: " + "; ".join(notes)] if notes else [])])
 
 
 def transfer_paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], source: str,
