@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from ..data.registry import spec_name
-from ..eval.table import paper_table, transfer_paper_table
-from .config import Experiment
-from .runner import summaries
+from ..eval.table import paper_table, significance_table, transfer_paper_table
+from .config import Experiment, Row
+from .runner import plan, summaries
+
+
+def comparisons(rows: list[Row]) -> list[tuple[str, str, str, str]]:
+    """(label, title, base label, base title) of each ``Row.compare`` whose both rows are in ``rows``."""
+    by_label = {r.label: r for r in rows}
+    return [(r.label, r.title, c, by_label[c].title) for r in rows for c in r.compare if c in by_label]
 
 
 def experiment_tables(exp: Experiment) -> str:
@@ -18,11 +24,14 @@ def experiment_tables(exp: Experiment) -> str:
         columns = list(table.columns) or [spec_name(c) for c in exp.columns]
         if exp.protocol == "base2new":
             body = paper_table(runs, pairs, columns)
+            tests = comparisons(rows)
+            if tests:
+                body += "\n\n" + significance_table(runs, tests, columns)
         else:
             body = transfer_paper_table(runs, pairs, spec_name(exp.source), columns)
         parts.append(f"## {table.title}\n\n{body}")
-    done = len({(s['dataset'], s['label'], s['seed']) for s in runs})
-    total = len(exp.columns if exp.protocol == "base2new" else [exp.source]) * len(exp.rows) * len(exp.seeds)
+    done = len(runs)  # one summary per finished run job (with several hierarchies, one per hierarchy and seed)
+    total = sum(job.kind == "run" for job in plan(exp))
     how = ("H of an average row is the harmonic mean of the averaged Base and New." if exp.protocol == "base2new" else
            "Cells are means over seeds; Average is the mean over the targets.")
     note = (f"{exp.name}: {exp.shots} shots, seeds {', '.join(map(str, exp.seeds))}, backbone {exp.backbone}; "
