@@ -79,3 +79,51 @@ def test_supervised_tasks_and_clear_errors():
         TaskSampler.supervised(labels, list("abcde"), TaskConfig(ways=6))
     with pytest.raises(ValueError, match="ways"):
         TaskConfig(ways=1)
+
+
+def test_pretraining_images_are_labelled_over_every_usable_topic():
+    topic, domain = fabricated(SIZES)
+    sampler = TaskSampler(topic, domain, NAMES, TaskConfig(ways=4, support_shots=4, query_shots=6))
+    usable = [t for t in range(len(SIZES)) if t != 5]  # topic 5 is too small for a task, so it is left out
+    assert sampler.classnames == [NAMES[t] for t in usable]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        batch = sampler.sample_images(rng, 30)
+        assert batch.classnames == sampler.classnames and len(set(batch.rows.tolist())) == 30
+        assert [batch.classnames[k] for k in batch.labels] == [NAMES[t] for t in topic[batch.rows]]
+        seen |= set(topic[batch.rows].tolist())
+    assert seen == set(usable)
+    everything = sampler.sample_images(rng, 10_000)  # capped at every image, each once
+    assert sorted(everything.rows.tolist()) == np.flatnonzero(topic != 5).tolist()
+    again = sampler.sample_images(np.random.default_rng(0), 30)
+    assert np.array_equal(again.rows, sampler.sample_images(np.random.default_rng(0), 30).rows)
+
+
+def test_supervised_classes_get_visual_domains_and_one_support_domain_per_class():
+    """The "- CHC" source keeps the domain shift: k-means domains inside each class (CHC's domain stage)."""
+    from gramprompt.chc.config import DomainConfig
+    from gramprompt.meta.run import class_domains
+
+    rng = np.random.default_rng(0)
+    classes, looks, per = 4, 3, 12  # every class is photographed in 3 planted looks
+    labels = np.repeat(np.arange(classes), looks * per)
+    look = np.tile(np.repeat(np.arange(looks), per), classes)
+    centres = rng.normal(size=(classes, looks, 16)) * 5
+    feats = centres[labels, look] + 0.1 * rng.normal(size=(len(labels), 16))
+    domain = class_domains(feats, labels, DomainConfig(domains=3, min_domain_size=5), seed=0)
+    for c in range(classes):  # the planted looks are found again (up to renumbering)
+        mine = labels == c
+        assert len(set(domain[mine].tolist())) == 3
+        assert len({(a, b) for a, b in zip(look[mine], domain[mine])}) == 3
+    assert np.array_equal(domain, class_domains(feats, labels, DomainConfig(domains=3, min_domain_size=5), seed=0))
+    names = list("abcd")
+    sampler = TaskSampler.supervised(labels, names, TaskConfig(ways=3, support_shots=4, query_shots=6), domain)
+    for _ in range(20):
+        task = sampler.sample(rng)
+        for k in range(3):
+            s, q = task.support[task.support_labels == k], task.query[task.query_labels == k]
+            assert len(set(domain[s].tolist())) == 1  # ONE domain per class in the support set ...
+            assert len(set(domain[q].tolist())) == 3  # ... queries from all of them
+    flat = TaskSampler.supervised(labels, names, TaskConfig(ways=3))  # without domains: one per class
+    assert all(len(parts) == 1 for parts in flat.domains.values())

@@ -11,7 +11,7 @@ from gramprompt.errors import GramError, NonFiniteError
 from gramprompt.meta.inputs import FeatureInputs
 from gramprompt.meta.tasks import TaskConfig, TaskSampler
 from gramprompt.meta.trainer import MetaConfig, MetaTrainer
-from gramprompt.prompts import build_method
+from gramprompt.prompts import PromptConfig, build_method
 
 NAMES = ["apple", "boat", "cloud", "drum", "eagle", "fern"]
 
@@ -117,27 +117,88 @@ def test_no_regulator_ablation_has_no_phi(backbone, data, tmp_path):
     assert state.phi == {} and state.iteration == 6
 
 
-def test_pretrain_ablation_is_plain_classification(backbone, data, tmp_path):
-    sampler, inputs = data
-    method = build_method("coop", backbone)
-    cfg = config(mode="pretrain", lr_theta=0.05)
-    state = MetaTrainer(method, sampler, inputs, cfg, tmp_path).run()
-    assert state.phi == {}
-    # independent truth: the same Adam steps on the summed support + query cross-entropy of the same tasks
-    from gramprompt.meta.trainer import _task_data
-    rng = np.random.default_rng(cfg.seed)
+def _recording(inputs):
+    """``inputs`` whose ``batch`` also records the rows each call asks for."""
+    seen = []
+    read = inputs.batch
+    inputs.batch = lambda rows: seen.append(np.asarray(rows).copy()) or read(rows)
+    return inputs, seen
+
+
+@pytest.fixture
+def pixel_data(backbone, data):
+    """The same topics with images instead of features: for methods whose prompts enter the image encoder."""
+    sampler, _ = data
+    size = backbone.model.config.vision_config.image_size
+    pixels = torch.randn(180, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return sampler, FeatureInputs(pixels, kind="pixels")
+
+
+TOPIC = np.repeat(np.arange(6), 30)  # the data fixture's topic of each row
+
+
+@pytest.mark.parametrize("method_name,prompt,inputs_of", [
+    ("coop", PromptConfig(), "data"),
+    ("joint", PromptConfig(text_tokens=2, visual_tokens=2), "pixel_data"),  # UNIGRAM: visual prompts too
+])
+def test_pretrain_classifies_the_images_over_all_topics(backbone, request, tmp_path, method_name, prompt, inputs_of):
+    """The "- meta-learning" ablation: each iteration's loss is the cross-entropy of a batch of images
+    over ALL 6 topic names (not a 3-way task's), and theta takes plain Adam steps on it (no phi)."""
+    sampler, inputs = request.getfixturevalue(inputs_of)
+    inputs, seen = _recording(inputs)
+    method = build_method(method_name, backbone, prompt)
+    cfg = config(mode="pretrain", iterations=3, lr_theta=0.05)
+    logs = []
+    state = MetaTrainer(method, sampler, inputs, cfg, tmp_path, log=logs.append).run()
+    assert state.phi == {} and len(seen) == 3
+    # independent truth: hand-written cross-entropy over all topic names, labels from the data's own topic
+    # array, then the same clipped Adam steps
     theta = {k: v.requires_grad_() for k, v in method.init_params(torch.Generator().manual_seed(cfg.seed)).items()}
     opt = torch.optim.Adam(list(theta.values()), lr=cfg.lr_theta)
-    for _ in range(cfg.iterations):
-        tasks = [_task_data(sampler.sample(rng), inputs) for _ in range(cfg.task_batch)]
-        loss = sum(torch.nn.functional.cross_entropy(method.logits(theta, b, t.classnames), y)
-                   for t in tasks for b, y in ((t.support, t.support_y), (t.query, t.query_y)))
+    for rows, record in zip(seen, logs):
+        assert len(rows) == len(set(rows.tolist())) == cfg.task_batch * 3 * (2 + 4)  # a meta-batch's images
+        logits = method.logits(theta, FeatureInputs.batch(inputs, rows), NAMES)  # unrecorded read
+        assert logits.shape == (len(rows), len(NAMES))
+        y = torch.as_tensor(TOPIC[rows])
+        loss = (torch.logsumexp(logits, dim=1) - logits[torch.arange(len(rows)), y]).mean()
+        assert record["meta_loss"] == pytest.approx(loss.item(), rel=1e-5)
         opt.zero_grad()
         loss.backward()
-        norm = torch.linalg.vector_norm(theta["text_ctx"].grad)
-        theta["text_ctx"].grad *= min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in theta.values()]))
+        for p in theta.values():
+            p.grad *= min(1.0, cfg.grad_clip / (float(norm) + 1e-12))
         opt.step()
-    torch.testing.assert_close(state.theta["text_ctx"], theta["text_ctx"].detach())
+    for name in theta:
+        torch.testing.assert_close(state.theta[name], theta[name].detach())
+
+
+def test_every_topic_appears_in_pretraining_and_its_checkpoint_has_no_regulator(backbone, data, tmp_path):
+    from gramprompt.meta.checkpoint import regulated_grad_transform, save_gram
+
+    sampler, inputs = data
+    inputs, seen = _recording(inputs)
+    state = MetaTrainer(build_method("coop", backbone), sampler, inputs, config(mode="pretrain"), tmp_path).run()
+    assert set(TOPIC[np.concatenate(seen)].tolist()) == set(range(6))  # not only some 3 topics of a task
+    path = save_gram(tmp_path / "gram.safetensors", state.theta, state.phi, {"method": "coop"})
+    assert regulated_grad_transform(path) is None  # test time: plain tuning from theta
+
+
+def test_killed_pretraining_resumes_to_the_same_result(backbone, data, tmp_path):
+    sampler, inputs = data
+    method = build_method("coop", backbone)
+    cfg = config(mode="pretrain")
+    whole = MetaTrainer(method, sampler, inputs, cfg, tmp_path / "whole").run()
+
+    def kill(record):
+        if record["iteration"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MetaTrainer(method, sampler, inputs, cfg, tmp_path / "resumed", log=kill).run()
+    resumed = MetaTrainer(method, sampler, inputs, cfg, tmp_path / "resumed").run()
+    assert resumed.phi == {} and torch.equal(whole.theta["text_ctx"], resumed.theta["text_ctx"])
+    with pytest.raises(ValueError, match="mode"):  # a GRAM run never resumes a pre-training checkpoint
+        MetaTrainer(method, sampler, inputs, config(iterations=8), tmp_path / "resumed").run()
 
 
 def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_state(backbone, data, tmp_path, monkeypatch):

@@ -15,12 +15,14 @@ import numpy as np
 
 from gramprompt.backbones.base import Backbone
 from gramprompt.backbones.registry import backbone_name
+from gramprompt.chc.config import DomainConfig
+from gramprompt.chc.domains import cluster_domains
 from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.errors import GramError
 from gramprompt.meta.checkpoint import save_gram
 from gramprompt.meta.inputs import FeatureInputs, ImageInputs
 from gramprompt.meta.tasks import TaskSampler
-from gramprompt.meta.trainer import MetaConfig, MetaState, MetaTrainer
+from gramprompt.meta.trainer import MetaConfig, MetaState, MetaTrainer, pretrain_batch_size
 from gramprompt.prompts import PromptConfig, build_method
 from gramprompt.runs import RunDir
 
@@ -38,20 +40,43 @@ def task_inputs(method, hierarchy: Hierarchy):
     return ImageInputs(bb, hierarchy.sources)
 
 
-def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig):
-    """The "- CHC" ablation's tasks: a labelled dataset's classes (paper: WebVision), its train split."""
+def class_domains(features: np.ndarray, labels: np.ndarray, cfg: DomainConfig, seed: int) -> np.ndarray:
+    """Visual domains inside each class of a labelled dataset: CHC's domain stage (k-means on the
+    L2-normalized frozen image features, ``chc.domains``) with each class as a topic (seed + class
+    id, as CHC seeds each topic). A labelled dataset has no domains of its own; without these the
+    "- CHC" row would also lose the simulated domain shift and confound two ablations."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    features = features / np.where(norms > 0, norms, 1.0)
+    domain = np.full(len(labels), -1, np.int64)
+    for c in np.unique(labels):
+        mine = np.flatnonzero(labels == c)
+        domain[mine] = cluster_domains(features[mine], cfg, seed + int(c))
+    return domain
+
+
+def supervised_tasks(method, dataset_spec: str, cfg: MetaConfig, domains: DomainConfig | None = None):
+    """The "- CHC" ablation's tasks: a labelled dataset's classes (paper: WebVision), its train split,
+    with k-means domains inside each class (``class_domains``) unless ``cfg.tasks.domain_shift`` is off.
+    Visual-prompt methods encode every image once for the domains, then read stems/pixels as tasks
+    need them."""
     from gramprompt.data.registry import load_dataset
     from gramprompt.tuning.features import encode_images
 
     dataset = load_dataset(dataset_spec)
     train = list(dataset.train)
-    sampler = TaskSampler.supervised(np.array([s.label for s in train]), dataset.classnames, cfg.tasks)
+    labels = np.array([s.label for s in train])
+    feats = None
+    if not method.uses_pixels or cfg.tasks.domain_shift:
+        feats, kept = encode_images(method.backbone, train, method.backbone.transform.eval, desc="encoding images")
+        if len(kept) != len(train):
+            raise ValueError(f"{dataset_spec}: {len(train) - len(kept)} unreadable training images; "
+                             "supervised meta-training needs every image (remove them from the dataset)")
+    domain = None
+    if cfg.tasks.domain_shift:
+        domain = class_domains(feats.float().cpu().numpy(), labels, domains or DomainConfig(), cfg.seed)
+    sampler = TaskSampler.supervised(labels, dataset.classnames, cfg.tasks, domain)
     if method.uses_pixels:
         return sampler, ImageInputs(method.backbone, [s.source for s in train])
-    feats, labels = encode_images(method.backbone, train, method.backbone.transform.eval, desc="encoding images")
-    if len(labels) != len(train):
-        raise ValueError(f"{dataset_spec}: {len(train) - len(labels)} unreadable training images; "
-                         "supervised meta-training needs every image (remove them from the dataset)")
     return sampler, FeatureInputs(feats)
 
 
@@ -74,22 +99,26 @@ RESUMABLE = tuple(f"meta.{k}" for k in MetaTrainer.RESUMABLE_CHANGES)
 
 def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, out: str | os.PathLike,
                cfg: MetaConfig | None = None, prompt: PromptConfig | None = None,
-               supervised: bool = False, overwrite: bool = False) -> tuple[Path, MetaState]:
+               supervised: bool = False, overwrite: bool = False,
+               domains: DomainConfig | None = None) -> tuple[Path, MetaState]:
     """Meta-train theta and phi on tasks from the CHC hierarchy folder ``source`` (or, with
-    ``supervised``, from the classes of the dataset spec ``source``); a killed run in ``out``
-    resumes, a folder holding another run is an error unless ``overwrite``. Returns the checkpoint
-    path and the final state."""
+    ``supervised``, from the classes of the dataset spec ``source``, with ``domains`` (default: CHC's
+    defaults) clustered inside each class); a killed run in ``out`` resumes, a folder holding another
+    run is an error unless ``overwrite``. Returns the checkpoint path and the final state."""
     cfg = cfg or MetaConfig()
     prompt = prompt or PromptConfig()
     method = build_method(method_name, backbone, prompt)
     if supervised:
-        sampler, inputs = supervised_tasks(method, str(source), cfg)
-        origin = {"supervised": str(source), "classes": len(sampler.names)}
+        sampler, inputs = supervised_tasks(method, str(source), cfg, domains)
+        origin = {"supervised": str(source), "classes": len(sampler.names),
+                  "class_domains": asdict(domains or DomainConfig()) if cfg.tasks.domain_shift else None}
     else:
         hierarchy = Hierarchy.load(source)
         check_hierarchy_backbone(hierarchy, source, backbone)
         sampler, inputs = TaskSampler.from_hierarchy(hierarchy, cfg.tasks), task_inputs(method, hierarchy)
         origin = {"hierarchy": str(source), "topics": len(hierarchy.topics)}
+    if cfg.mode == "pretrain":  # recorded so that a folder of the former 5-way pre-training is not resumed
+        origin["pretrain"] = {"classes": len(sampler.topics), "batch": pretrain_batch_size(cfg.task_batch, sampler.cfg)}
     run = RunDir.create(out, {"protocol": "meta-train", **origin, "backbone": backbone.name, "method": method_name,
                               "prompt": asdict(prompt), "meta": asdict(cfg), "skipped_topics": sampler.skipped},
                          resume=True, overwrite=overwrite, may_differ=RESUMABLE)

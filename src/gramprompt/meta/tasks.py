@@ -5,11 +5,17 @@ class comes from ONE visual domain of its topic, the query set from ALL its doma
 the domains in random order, so small domains are not drowned by large ones), never reusing a support
 image. This is the simulated domain shift; ``domain_shift=False`` (the ablation) draws the support
 set from all domains too. ``TaskSampler.supervised`` builds tasks from a labelled dataset's classes
-instead (the "- CHC" ablation; one domain per class, so no domain shift).
+instead (the "- CHC" ablation), with visual domains found inside each class (``meta.run.class_domains``)
+so that the row keeps the simulated domain shift and differs from UNIGRAM only in where the classes
+come from.
+
+``TaskSampler.sample_images`` serves the "- meta-learning" ablation (prompt pre-training): a batch of
+images drawn uniformly from every topic the tasks draw from, labelled over ALL those topics' names.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -36,6 +42,15 @@ class Task:
     support_labels: np.ndarray  # 0..K-1
     query: np.ndarray
     query_labels: np.ndarray
+
+
+@dataclass
+class ImageBatch:
+    """Images of many topics, each labelled by its topic's index in ``classnames`` (every topic)."""
+
+    classnames: list[str]
+    rows: np.ndarray
+    labels: np.ndarray
 
 
 class TaskSampler:
@@ -70,10 +85,31 @@ class TaskSampler:
         return cls(hierarchy.topic, hierarchy.domain, hierarchy.class_names(), cfg, rows=hierarchy.rows)
 
     @classmethod
-    def supervised(cls, labels: np.ndarray, names: list[str], cfg: TaskConfig | None = None) -> TaskSampler:
-        """Tasks over a labelled dataset's classes: every class is one domain."""
+    def supervised(cls, labels: np.ndarray, names: list[str], cfg: TaskConfig | None = None,
+                   domains: np.ndarray | None = None) -> TaskSampler:
+        """Tasks over a labelled dataset's classes, with ``domains`` per item (e.g. k-means inside each
+        class, ``meta.run.class_domains``); without them every class is one domain (no domain shift)."""
         labels = np.asarray(labels)
-        return cls(labels, np.zeros_like(labels), names, cfg)
+        return cls(labels, np.zeros_like(labels) if domains is None else np.asarray(domains), names, cfg)
+
+    @property
+    def classnames(self) -> list[str]:
+        """The names of the topics tasks draw from (pre-training's label space), in ``topics`` order."""
+        return [self.names[int(t)] for t in self.topics]
+
+    @cached_property
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row of the usable topics and its label (index into ``classnames``)."""
+        rows = [np.concatenate(self.domains[int(t)]) for t in self.topics]
+        return np.concatenate(rows), np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+
+    def sample_images(self, rng: np.random.Generator, n: int) -> ImageBatch:
+        """``n`` distinct images (at most all of them) drawn uniformly from every usable topic: plain
+        classification of the clustered data over all topic names, on the same images and topics the
+        tasks see."""
+        rows, labels = self._pool
+        take = rng.choice(len(rows), min(n, len(rows)), replace=False)
+        return ImageBatch(self.classnames, rows[take], labels[take])
 
     def _usable(self, parts: list[np.ndarray]) -> bool:
         total = sum(len(p) for p in parts)

@@ -1,6 +1,13 @@
 """The meta-training loop (Algorithm 1): sample task batches, meta-step, outer Adam updates of
 theta (lambda_1) and phi (lambda_2), logs, checkpoints that resume to the identical result.
 
+``mode="pretrain"`` is the paper's "- meta-learning" ablation, "image classification over clustering
+data": each iteration classifies a batch of the clustered images over ALL topic names (cross-entropy
+at theta, no inner loop, no regulator) and updates theta with the same outer Adam. The batch holds as
+many images as a meta-batch's tasks (``pretrain_batch_size``), drawn with the same seeded generator,
+so a pre-training run resumes like a meta-training one. Its checkpoint holds no phi: test time is
+plain tuning from theta.
+
 The paper leaves every hyperparameter here open; the defaults are ours and are recorded in the
 checkpoint metadata and README.
 """
@@ -25,8 +32,8 @@ from gramprompt.finite import check_finite, check_rate, check_skipped
 from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
-from gramprompt.meta.tasks import Task, TaskConfig, TaskSampler
-from gramprompt.prompts.base import PromptMethod
+from gramprompt.meta.tasks import ImageBatch, Task, TaskConfig, TaskSampler
+from gramprompt.prompts.base import Batch, PromptMethod
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ HINT = "Lower --lr-theta, --lr-phi or --inner-lr."
 
 @dataclass
 class MetaConfig:
-    mode: str = "gram"  # "pretrain": the "- meta-learning" ablation, plain classification of the tasks' images
+    mode: str = "gram"  # "pretrain": the "- meta-learning" ablation, classification over all topics (module doc)
     iterations: int = 300
     task_batch: int = 4  # B
     inner_lr: float = 0.1  # alpha
@@ -68,11 +75,35 @@ class MetaState:
     skipped: int = 0  # meta-batches with a non-finite loss or gradient
 
 
+@dataclass
+class ImageData:
+    """A pre-training batch on the backbone's device: images, labels over ``classnames`` (all topics)."""
+
+    classnames: list[str]
+    images: Batch
+    labels: Tensor
+
+
+def pretrain_batch_size(task_batch: int, tasks: TaskConfig) -> int:
+    """Images per pre-training iteration: as many as one meta-batch's tasks hold (support + query), so
+    both ablation rows see the same number of images per outer update."""
+    return task_batch * tasks.ways * (tasks.support_shots + tasks.query_shots)
+
+
+def _device(batch: Batch) -> torch.device:
+    return next(t for t in (batch.features, batch.stems, batch.pixels) if t is not None).device
+
+
 def _task_data(task: Task, inputs) -> TaskData:
     s, q = inputs.batch(task.support), inputs.batch(task.query)
-    dev = next(t for t in (s.features, s.stems, s.pixels) if t is not None).device
+    dev = _device(s)
     return TaskData(task.classnames, s, torch.as_tensor(task.support_labels, device=dev),
                     q, torch.as_tensor(task.query_labels, device=dev))
+
+
+def _image_data(batch: ImageBatch, inputs) -> ImageData:
+    images = inputs.batch(batch.rows)
+    return ImageData(batch.classnames, images, torch.as_tensor(batch.labels, device=_device(images)))
 
 
 def _load_state(path: Path) -> dict:
@@ -119,12 +150,19 @@ class MetaTrainer:
         phi = init_regulator(theta, self.cfg.regulator, gen) if use_phi else {}
         return MetaState(theta, phi)
 
-    def _loss(self, state: MetaState, tasks: list[TaskData], with_stats: bool):
+    def _draw(self, rng: np.random.Generator) -> list[TaskData] | ImageData:
+        """One iteration's data: ``task_batch`` tasks, or (pretrain) one batch of images over all topics."""
+        if self.cfg.mode == "pretrain":
+            n = pretrain_batch_size(self.cfg.task_batch, self.sampler.cfg)  # the tasks it would sample
+            return _image_data(self.sampler.sample_images(rng, n), self.inputs)
+        return [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(self.cfg.task_batch)]
+
+    def _loss(self, state: MetaState, tasks: list[TaskData] | ImageData, with_stats: bool):
+        """The summed query losses after adaptation (with the logged statistics), or, pretrain, the mean
+        cross-entropy of the images over all topic names at theta (no inner loop, no statistics)."""
         cfg = self.cfg
-        if cfg.mode == "pretrain":  # no inner loop: classify support and query images at theta
-            loss = sum(task_loss(self.method, state.theta, t.support, t.support_y, t.classnames)[0]
-                       + task_loss(self.method, state.theta, t.query, t.query_y, t.classnames)[0] for t in tasks)
-            return loss, None
+        if cfg.mode == "pretrain":
+            return task_loss(self.method, state.theta, tasks.images, tasks.labels, tasks.classnames)[0], None
         loss_fn = batched_meta_loss if cfg.batched and supports_batched(self.method) else meta_loss
         return loss_fn(self.method, state.theta, state.phi or None, cfg.regulator, tasks,
                        cfg.inner_lr, cfg.inner_steps, cfg.second_order, with_stats)
@@ -134,7 +172,7 @@ class MetaTrainer:
         state, opt, rng = self._resume()
         in_a_row = 0
         while state.iteration < cfg.iterations:
-            tasks = [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(cfg.task_batch)]
+            tasks = self._draw(rng)
             with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
             with torch.autocast(self.method.backbone.device.type, dtype=AUTOCAST[cfg.autocast] or torch.bfloat16,
                                 enabled=AUTOCAST[cfg.autocast] is not None):
@@ -163,7 +201,8 @@ class MetaTrainer:
                 opt.zero_grad(set_to_none=True)
                 check_finite({**state.theta, **{f"phi.{k}": v for k, v in state.phi.items()}},
                              f"meta-iteration {state.iteration}: after the update ({HINT})")
-            record = {"iteration": state.iteration, "meta_loss": loss.item() / len(tasks), "skipped": state.skipped}
+            per_task = loss.item() if cfg.mode == "pretrain" else loss.item() / len(tasks)  # pretrain: a mean already
+            record = {"iteration": state.iteration, "meta_loss": per_task, "skipped": state.skipped}
             if stats is not None:
                 record.update(asdict(stats))
             if self.log is not None:
