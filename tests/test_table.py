@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from gramprompt.eval.table import base2new_table, collect, render, transfer_table
+from gramprompt.eval.metrics import harmonic_mean
+from gramprompt.eval.table import base2new_table, collect, paper_table, render, significance_table, transfer_table
 from gramprompt.runs import RunDir
 
 
@@ -126,3 +127,108 @@ def test_render_picks_applicable_tables(three_seed_runs, tmp_path_factory):
     both = render([three_seed_runs, other])
     assert "## Base-to-new" in both and "## Transfer" in both
     assert "No finished runs" in render([tmp_path_factory.mktemp("empty")])
+
+
+# --- hierarchies and significance -----------------------------------------------------------------------
+
+def _hier(dataset, label, seed, hierarchy, base, new, **extra):
+    return {"protocol": "base2new", "dataset": dataset, "label": label, "method": "coop", "seed": seed,
+            "hierarchy": hierarchy, "base": base, "new": new, **extra}
+
+
+def _bits(run: dict, base: str, new: str) -> dict:
+    """``run`` with per-image correctness whose accuracies match Base and New."""
+    return {**run, "base": 100.0 * base.count("1") / len(base), "new": 100.0 * new.count("1") / len(new),
+            "correct": {"base": base, "new": new}}
+
+
+def test_three_hierarchies_by_five_seeds_are_fifteen_runs_of_one_cell():
+    # Hierarchy h scores base 70 + h, new 60 + h on every seed: cell means over 15 runs 72 / 62.
+    runs = [_hier("A", "gram", s, h, 70.0 + h, 60.0 + h) for h in (1, 2, 3) for s in range(1, 6)]
+    runs += [_hier("A", "coop", s, None, 70.0, 60.0) for s in range(1, 6)]
+    table = paper_table(runs, [("coop", "CoOp"), ("gram", "GRAM")], ["A"])
+    assert table.splitlines()[0] == "| Method | Avg Base | Avg New | Avg H | H over hierarchies | A (B / N / H) |"
+    rows = {r[0]: r for r in _rows(table)}
+    # per-hierarchy H: H(71, 61) = 65.62, H(73, 63) = 67.63
+    assert rows["GRAM"][1:5] == ["72.00", "62.00", f"**{harmonic_mean(72, 62):.2f}**", "65.62–67.63 (n=3)"]
+    assert rows["CoOp"][4] == "–"
+    assert _row(base2new_table(runs), "A", "gram")[5] == "1, 2, 3, 4, 5 (hierarchies 1, 2, 3)"
+
+
+def test_no_hierarchy_column_without_several_hierarchies(three_seed_runs):
+    table = paper_table(collect([three_seed_runs]), [("coop", "CoOp")], ["digits"])
+    assert "H over hierarchies" not in table
+
+
+def test_refuses_a_repeated_hierarchy_and_seed_or_mixed_hierarchy_runs():
+    with pytest.raises(ValueError, match="more than once"):
+        paper_table([_hier("A", "g", 1, 2, 1, 1), _hier("A", "g", 1, 2, 2, 2)], [("g", "G")], ["A"])
+    with pytest.raises(ValueError, match="hierarchy"):
+        paper_table([_hier("A", "g", 1, 2, 1, 1), _hier("A", "g", 2, None, 2, 2)], [("g", "G")], ["A"])
+
+
+def _sig_rows(table: str) -> dict[str, list[str]]:
+    return {r[0]: r for r in _rows(table.split("\n\n")[0])}
+
+
+def test_significance_table_pooled_and_per_hierarchy():
+    # Two datasets, 2 seeds. The base row gets half of each split right; GRAM on hierarchy 1 gets all right,
+    # on hierarchy 2 exactly what the base row gets (its interval is exactly [0, 0]).
+    half = ("1100", "10")
+    runs = []
+    for ds in ("A", "B"):
+        for s in (1, 2):
+            runs.append(_bits(_hier(ds, "coop", s, None, 0, 0), *half))
+            runs.append(_bits(_hier(ds, "gram", s, 1, 0, 0), "1111", "11"))
+            runs.append(_bits(_hier(ds, "gram", s, 2, 0, 0), *half))
+    table = significance_table(runs, [("gram", "GRAM", "coop", "CoOp")], ["A", "B"], replicates=200)
+    assert table.splitlines()[0] == ("| Row | vs | ΔBase | ΔNew | ΔH [95% interval] | per hierarchy ΔH [95% interval] "
+                                     "| holds on every hierarchy |")
+    row = _sig_rows(table)["GRAM"]
+    # pooled: GRAM 75 / 75 vs 50 / 50 -> +25.00 each
+    assert row[1:4] == ["CoOp", "+25.00", "+25.00"] and row[4].startswith("+25.00 [")
+    h1, h2 = row[5].split("; ")
+    assert h1.startswith("h1: +50.00 [+") and h2 == "h2: +0.00 [+0.00, +0.00]"
+    assert row[6] == "no"
+    assert "Paired bootstrap, 200 replicates" in table and "Not tested" not in table
+
+
+def test_significance_holds_on_every_hierarchy_and_base_rows_are_na():
+    runs = []
+    for s in (1, 2, 3):
+        runs.append(_bits(_hier("A", "coop", s, None, 0, 0), "110100", "1010"))
+        runs += [_bits(_hier("A", "gram", s, h, 0, 0), "111111", "1111") for h in (4, 7, 9)]
+        runs.append(_bits(_hier("A", "coop2", s, None, 0, 0), "111101", "1110"))
+    table = significance_table(runs, [("gram", "GRAM", "coop", "CoOp"), ("coop", "CoOp", "coop2", "CoOp 2")], ["A"],
+                               replicates=300)
+    rows = _sig_rows(table)
+    assert [x.split(":")[0] for x in rows["GRAM"][5].split("; ")] == ["h4", "h7", "h9"]
+    assert rows["GRAM"][6] == "yes (> 0)"
+    assert rows["CoOp"][5:] == ["–", "n/a"]
+
+
+def test_significance_point_values_match_the_paper_table_averages():
+    rng = __import__("random").Random(0)
+
+    def bits(n, p):
+        return "".join("1" if rng.random() < p else "0" for _ in range(n))
+
+    runs = [_bits(_hier(ds, lb, s, None, 0, 0), bits(20, p), bits(16, p - 0.1))
+            for ds in ("A", "B", "C") for s in (1, 2, 3) for lb, p in (("coop", 0.6), ("gram", 0.7))]
+    avg = {r[0]: r for r in _rows(paper_table(runs, [("coop", "CoOp"), ("gram", "GRAM")], ["A", "B", "C"]))}
+    row = _sig_rows(significance_table(runs, [("gram", "GRAM", "coop", "CoOp")], ["A", "B", "C"], replicates=50))["GRAM"]
+    for col, i in ((2, 1), (3, 2)):
+        assert float(row[col]) == pytest.approx(float(avg["GRAM"][i]) - float(avg["CoOp"][i]), abs=0.011)
+    h = lambda r: float(r[3].strip("*"))  # noqa: E731
+    assert float(row[4].split(" ")[0]) == pytest.approx(h(avg["GRAM"]) - h(avg["CoOp"]), abs=0.011)
+
+
+def test_old_summaries_without_correctness_print_dashes_not_errors():
+    runs = [_b2n("A", "coop", s, 50.0, 40.0) for s in (1, 2)] + [_b2n("A", "gram", s, 60.0, 40.0) for s in (1, 2)]
+    table = significance_table(runs, [("gram", "GRAM", "coop", "CoOp"), ("gram", "GRAM", "vpt", "VPT")], ["A"])
+    rows = [r for r in _rows(table.split("\n\n")[0])]
+    # H(60, 40) - H(50, 40) = 48 - 44.44 = +3.56
+    assert rows[0] == ["GRAM", "CoOp", "+10.00", "+0.00", "+3.56 [–]", "–", "n/a"]
+    assert rows[1] == ["GRAM", "VPT", "–", "–", "–", "–", "n/a"]
+    assert "Not tested: GRAM vs CoOp: gram on A: runs without per-image correctness" in table
+    assert "GRAM vs VPT: no runs of vpt on A" in table
