@@ -156,12 +156,41 @@ def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_pa
     gram_row = json.loads((summary / "coop+gram" / "seed1" / "summary.json").read_text())
     assert gram_row["label"] == "coop+gram" and gram_row["init"].endswith("meta/coop/gram.safetensors")
     stamps = {p: p.stat().st_mtime_ns for p in [*summary.rglob("summary.json"), *(tmp_path / "demo").glob("*/*/gram.*")]}
-    assert len(stamps) == 7 + 3  # one run per row; checkpoints of coop, vpt, unigram
+    assert len(stamps) == 8 + 3  # one run per row; checkpoints of coop, vpt, unigram
     run_demo(experiments)  # a second run reuses every stage
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     run_demo(demo_experiments(overrides=[*small, "meta.inner_lr=0.05"], quick=True))  # GRAM rows only are redone
     changed = {p.parent.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t and p.name == "summary.json"}
     assert changed == {"coop+gram", "vpt+gram", "unigram"}
+
+
+def test_several_hierarchies_share_features_and_each_gets_its_own_gram_rows(tiny_clip_dir, tmp_path):
+    import yaml
+
+    from gramprompt.experiments.config import load_experiment
+    from gramprompt.experiments.runner import plan, run_experiment, summaries
+
+    pairs = _caption_folder(tmp_path / "pairs")
+    root = tmp_path / "exp"
+    exp = load_experiment("offline/base2new", [
+        f"root={root}", f"backbone=hf:{tiny_clip_dir}", f"hierarchy.pairs=folder:{pairs}", "hierarchy.seeds=[4, 7]",
+        "datasets=[digits]", "seeds=[1]", "shots=2", "fewshot.max_test_per_class=5",
+        "rows=[{label: coop, method: coop}, {label: coop+gram, method: coop, variant: coop, compare: [coop]}]",
+        "fewshot.tune={epochs: 1, batch_size: 2, warmup_epochs: 0, feature_views: 1}",
+        "hierarchy.chc={topics: {umap_neighbors: 8, min_cluster_size: 8}, domains: {domains: 2, min_domain_size: 3}}",
+        "meta={iterations: 2, task_batch: 2, tasks: {ways: 3, support_shots: 2, query_shots: 2}}"])
+    assert [(j.kind, j.name) for j in plan(exp)] == [
+        ("chc", "chc"), ("chc", "chc-seed7"), ("meta", "coop"), ("meta", "coop-chc-seed7"),
+        ("run", "digits/coop/seed1"), ("run", "digits/coop+gram/seed1"), ("run", "digits/coop+gram-chc-seed7/seed1")]
+    run_experiment(exp)
+    # the first hierarchy's folder holds the features; the second clusters them with its own seed
+    assert (root / "chc" / "features").is_dir() and not (root / "chc-seed7" / "features").exists()
+    stages = [yaml.safe_load((root / d / "stage.yaml").read_text())["chc"]["seed"] for d in ("chc", "chc-seed7")]
+    assert stages == [4, 7]
+    assert yaml.safe_load((root / "meta" / "coop-chc-seed7" / "stage.yaml").read_text())["source"] == str(root / "chc-seed7")
+    runs = {(s["label"], s.get("hierarchy")): s for s in summaries(exp)}
+    assert set(runs) == {("coop", None), ("coop+gram", 4), ("coop+gram", 7)}
+    assert runs[("coop+gram", 7)]["init"] == str(root / "meta" / "coop-chc-seed7" / "gram.safetensors")
 
 
 def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tmp_path):

@@ -220,13 +220,29 @@ class Hierarchy:
     pairs: str | None = None
     path: str | None = None
     chc: dict = field(default_factory=dict)  # CHCConfig overrides
+    # CHC clustering seeds (they replace chc.seed): one hierarchy each, and every GRAM row is run on
+    # each, so a table shows how much a result depends on the clustering. () = the one chc.seed
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.pairs is None) == (self.path is None):
             raise ValueError("hierarchy needs exactly one of 'pairs' (run CHC) and 'path' (an existing one)")
+        if self.seeds and self.path is not None:
+            raise ValueError("hierarchy.seeds makes one hierarchy per seed from 'pairs'; 'path' names one")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"hierarchy.seeds has duplicates: {list(self.seeds)}")
 
-    def chc_config(self) -> CHCConfig:
-        return build(CHCConfig, self.chc, "hierarchy.chc")
+    def chc_config(self, seed: int | None = None) -> CHCConfig:
+        """The CHC settings of the hierarchy of clustering ``seed`` (default: the first)."""
+        cfg = build(CHCConfig, self.chc, "hierarchy.chc")
+        seed = self.seeds[0] if seed is None and self.seeds else seed
+        if seed is not None:
+            cfg.seed = seed
+        return cfg
+
+    def all_seeds(self) -> tuple[int, ...]:
+        """The clustering seed of every hierarchy; the first one's folder also holds the shared features."""
+        return self.seeds or (self.chc_config().seed,)
 
 
 @dataclass

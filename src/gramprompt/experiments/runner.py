@@ -41,15 +41,41 @@ class Job:
     row: Row | None = None
     seed: int | None = None
     column: str | None = None  # the dataset spec (base2new) or the source spec (transfer)
+    variant: str | None = None  # "meta": the variant it trains
+    hierarchy: int | None = None  # the CHC clustering seed of a "chc" job, and of a "meta" or "run" job that uses one
 
 
 # --------------------------------------------------------------------------- expansion and status
 
 
-def chc_dir(exp: Experiment) -> Path | None:
+def _suffix(exp: Experiment, hierarchy: int | None) -> str:
+    """What tells a hierarchy's folders apart: nothing for the first one (so a one-hierarchy experiment's
+    layout is ``root/chc``, ``root/meta/<variant>``, ``runs/.../<label>/seed<k>``), ``-chc-seed<h>`` else."""
+    if hierarchy is None or exp.hierarchy is None or hierarchy == exp.hierarchy.all_seeds()[0]:
+        return ""
+    return f"-chc-seed{hierarchy}"
+
+
+def chc_dir(exp: Experiment, hierarchy: int | None = None) -> Path | None:
+    """The folder of the hierarchy of clustering seed ``hierarchy`` (default: the first)."""
     if exp.hierarchy is None:
         return None
-    return Path(exp.hierarchy.path) if exp.hierarchy.path else Path(exp.root) / "chc"
+    if exp.hierarchy.path:
+        return Path(exp.hierarchy.path)
+    return Path(exp.root) / ("chc" if not _suffix(exp, hierarchy) else f"chc-seed{hierarchy}")
+
+
+def hierarchies(exp: Experiment, variant: str | None) -> tuple[int | None, ...]:
+    """The hierarchies a variant is meta-trained on: every CHC seed, or (None,) for a variant that uses
+    none (no variant, a supervised source, a given checkpoint)."""
+    v = exp.variants.get(variant) if variant else None
+    if v is None or v.supervised or v.checkpoint or exp.hierarchy is None:
+        return (None,)
+    return exp.hierarchy.all_seeds()
+
+
+def meta_dir(exp: Experiment, name: str, hierarchy: int | None = None) -> Path:
+    return Path(exp.root) / "meta" / f"{name}{_suffix(exp, hierarchy)}"
 
 
 def plan(exp: Experiment) -> list[Job]:
@@ -58,14 +84,18 @@ def plan(exp: Experiment) -> list[Job]:
     used = exp.used_variants()
     trained = [n for n in exp.variants if n in used and exp.variants[n].checkpoint is None]
     if exp.hierarchy is not None and exp.hierarchy.pairs and any(not exp.variants[n].supervised for n in trained):
-        jobs.append(Job("chc", "chc", Path(exp.root) / "chc"))
-    jobs += [Job("meta", n, Path(exp.root) / "meta" / n) for n in trained]
+        jobs += [Job("chc", chc_dir(exp, h).name, chc_dir(exp, h), hierarchy=h) for h in exp.hierarchy.all_seeds()]
+    jobs += [Job("meta", f"{n}{_suffix(exp, h)}", meta_dir(exp, n, h), variant=n, hierarchy=h)
+             for n in trained for h in hierarchies(exp, n)]
     columns = exp.datasets if exp.protocol == "base2new" else (exp.source,)
     for column in columns:
         for row in exp.rows:
-            for seed in exp.seeds:
-                out = Path(exp.root) / "runs" / exp.group / spec_name(column) / row.label / f"seed{seed}"
-                jobs.append(Job("run", f"{spec_name(column)}/{row.label}/seed{seed}", out, row, seed, column))
+            for h in hierarchies(exp, row.variant):
+                label = f"{row.label}{_suffix(exp, h)}"
+                for seed in exp.seeds:
+                    out = Path(exp.root) / "runs" / exp.group / spec_name(column) / label / f"seed{seed}"
+                    jobs.append(Job("run", f"{spec_name(column)}/{label}/seed{seed}", out, row, seed, column,
+                                    hierarchy=h))
     return jobs
 
 
@@ -95,21 +125,22 @@ def _same(path: Path, settings: dict, defaults: dict | None = None) -> bool:
     return path.is_file() and same_settings(yaml.safe_load(path.read_text()), _plain(settings), defaults)
 
 
-def chc_settings(exp: Experiment) -> dict:
-    return {"pairs": exp.hierarchy.pairs, "backbone": exp.backbone, "chc": exp.hierarchy.chc_config().to_dict()}
+def chc_settings(exp: Experiment, hierarchy: int | None = None) -> dict:
+    return {"pairs": exp.hierarchy.pairs, "backbone": exp.backbone,
+            "chc": exp.hierarchy.chc_config(hierarchy).to_dict()}
 
 
-def meta_settings(exp: Experiment, name: str) -> dict:
+def meta_settings(exp: Experiment, name: str, hierarchy: int | None = None) -> dict:
     v = exp.variants[name]
-    return {"source": v.supervised or str(chc_dir(exp)), "method": v.method, "prompt": asdict(v.prompt),
+    return {"source": v.supervised or str(chc_dir(exp, hierarchy)), "method": v.method, "prompt": asdict(v.prompt),
             "meta": asdict(exp.meta_config(v))}
 
 
-def checkpoint_path(exp: Experiment, name: str) -> Path:
+def checkpoint_path(exp: Experiment, name: str, hierarchy: int | None = None) -> Path:
     from ..meta.run import GRAM_FILE
 
     v = exp.variants[name]
-    return Path(v.checkpoint) if v.checkpoint else Path(exp.root) / "meta" / name / GRAM_FILE
+    return Path(v.checkpoint) if v.checkpoint else meta_dir(exp, name, hierarchy) / GRAM_FILE
 
 
 def _sha256(path: Path) -> str:
@@ -118,7 +149,7 @@ def _sha256(path: Path) -> str:
 
 def expected_run_config(exp: Experiment, job: Job) -> dict | None:
     """What the run's ``config.yaml`` must say for it to count as done; None while its checkpoint is missing."""
-    init = checkpoint_path(exp, job.row.variant) if job.row.variant else None
+    init = checkpoint_path(exp, job.row.variant, job.hierarchy) if job.row.variant else None
     if init is not None and not init.is_file():
         return None
     fs = exp.fewshot_config(job.row, job.seed, str(init) if init else None)
@@ -141,12 +172,12 @@ CHC_DEFAULTS = _plain({"chc": CHCConfig().to_dict()})
 def job_status(exp: Experiment, job: Job) -> str:
     if job.kind == "chc":
         if (job.out / "hierarchy.parquet").is_file():
-            return DONE if _same(job.out / STAGE, chc_settings(exp), CHC_DEFAULTS) else STALE
+            return DONE if _same(job.out / STAGE, chc_settings(exp, job.hierarchy), CHC_DEFAULTS) else STALE
         return PARTIAL if job.out.exists() else PENDING
     if job.kind == "meta":
         from ..meta.run import GRAM_FILE
 
-        same = _same(job.out / STAGE, meta_settings(exp, job.name), META_DEFAULTS)
+        same = _same(job.out / STAGE, meta_settings(exp, job.variant, job.hierarchy), META_DEFAULTS)
         if (job.out / GRAM_FILE).is_file():
             return DONE if same else STALE
         return (PARTIAL if same else STALE) if job.out.exists() else PENDING
@@ -200,32 +231,36 @@ class Worker:
         from ..chc.pipeline import run_chc
 
         exp, out = self.exp, job.out
-        settings = chc_settings(exp)
-        cfg = exp.hierarchy.chc_config()
+        settings = chc_settings(exp, job.hierarchy)
+        cfg = exp.hierarchy.chc_config(job.hierarchy)
+        first = chc_dir(exp)  # holds the features every hierarchy clusters
         feature_settings = settings | {"chc": asdict(cfg.features), "shard_size": cfg.shard_size}
         if out.exists():  # keep the costly features when only the clustering settings changed
-            same_features = _same(out / "features.yaml", feature_settings,
-                                  {"chc": CHC_DEFAULTS["chc"]["features"], "shard_size": CHCConfig().shard_size})
+            same_features = out == first and _same(out / "features.yaml", feature_settings, {
+                "chc": CHC_DEFAULTS["chc"]["features"], "shard_size": CHCConfig().shard_size})
             for p in out.iterdir():
                 if not (same_features and p.name in ("features", "features.yaml")):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "features.yaml").write_text(yaml.safe_dump(feature_settings))
-        h = run_chc(exp.hierarchy.pairs, exp.backbone, out, cfg, backbone=self.backbone)
+        if out == first:
+            (out / "features.yaml").write_text(yaml.safe_dump(feature_settings))
+        elif not (first / "features.yaml").is_file():
+            raise FileNotFoundError(f"{first} holds no features yet: its CHC job runs first")
+        h = run_chc(exp.hierarchy.pairs, exp.backbone, out, cfg, backbone=self.backbone, features=first / "features")
         (out / STAGE).write_text(yaml.safe_dump(settings, sort_keys=False))
         tqdm.write(f"CHC: {len(h.topics)} topics over {int(h.kept.sum())} kept pairs")
 
     def meta(self, job: Job) -> None:
         from ..meta.run import meta_train
 
-        exp, v, out = self.exp, self.exp.variants[job.name], job.out
-        settings = meta_settings(exp, job.name)
+        exp, v, out = self.exp, self.exp.variants[job.variant], job.out
+        settings = meta_settings(exp, job.variant, job.hierarchy)
         if out.exists() and not _same(out / STAGE, settings, META_DEFAULTS):
             shutil.rmtree(out)  # other settings: a resumed checkpoint would mix two runs
         out.mkdir(parents=True, exist_ok=True)
         (out / STAGE).write_text(yaml.safe_dump(settings, sort_keys=False))
         start = time.perf_counter()
-        _, state = meta_train(v.supervised or chc_dir(exp), self.backbone, v.method, out, exp.meta_config(v),
+        _, state = meta_train(v.supervised or chc_dir(exp, job.hierarchy), self.backbone, v.method, out, exp.meta_config(v),
                               v.prompt, supervised=v.supervised is not None)
         tqdm.write(f"meta-trained {job.name}: {state.iteration} iterations ({time.perf_counter() - start:.0f} s)")
 
@@ -295,8 +330,9 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
         todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
         if not todo:
             continue
-        if kind == "meta" and exp.hierarchy is not None and not chc_dir(exp).is_dir():
-            raise FileNotFoundError(f"hierarchy {chc_dir(exp)} does not exist (make it with gram chc)")
+        for job in todo if kind == "meta" and exp.hierarchy is not None else ():
+            if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
+                raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
         if jobs <= 1 or kind == "chc" or len(todo) == 1:
             worker = worker or Worker(exp, device)
             for job in tqdm(todo, desc=f"{exp.name}: {kind}", disable=len(todo) < 2):
@@ -314,10 +350,14 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
 
 
 def summaries(exp: Experiment) -> list[dict]:
-    """The finished runs' summaries, with ``dataset`` (and target keys) as the config's column names."""
+    """The finished runs' summaries, with ``dataset`` (and target keys) as the config's column names, and,
+    in an experiment over several CHC hierarchies, the ``hierarchy`` (clustering seed) of each GRAM run."""
+    several = exp.hierarchy is not None and len(exp.hierarchy.all_seeds()) > 1
     out = []
     for job in plan(exp):
         if job.kind == "run" and job_status(exp, job) in (DONE, PARTIAL) and is_finished(job.out):
-            s = read_summary(job.out)
-            out.append({**s, "dataset": spec_name(job.column)})
+            s = {**read_summary(job.out), "dataset": spec_name(job.column)}
+            if several and job.hierarchy is not None:
+                s["hierarchy"] = job.hierarchy
+            out.append(s)
     return out
