@@ -98,6 +98,14 @@ def test_unfinished_runs_compare_at_the_last_epoch_both_logged(tmp_path):
     assert "| 35 | - |" in text
 
 
+def test_the_limit_is_a_positive_ratio(tmp_path, capsys):
+    _pair(tmp_path, [*PLAIN[:-1], 6.0], PLAIN)  # 1.4x
+    assert main(["drift", str(tmp_path), "--limit", "1.2"]) == 1 and "R_phi* drifted" in capsys.readouterr().out
+    for bad in ("0", "-1", "nan"):
+        assert main(["drift", str(tmp_path), "--limit", bad]) == 2
+        assert "--limit must be a positive ratio" in capsys.readouterr().err
+
+
 def test_the_regulator_form_is_read_from_the_checkpoint(tmp_path):
     theta = {"text_ctx": torch.zeros(4, 8)}
     ckpt = tmp_path / "meta" / "gram.safetensors"

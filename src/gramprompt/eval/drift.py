@@ -52,10 +52,6 @@ class DriftRun:
         """Started from a GRAM checkpoint and tuned with its R_phi* (a prompts file without phi* has none)."""
         return self.config.get("init") is not None and bool(self.config.get("regulator", True)) and self.form != "none"
 
-    @property
-    def final(self) -> tuple[int, float] | None:
-        return max(self.drifts.items()) if self.drifts else None
-
 
 def drift_by_epoch(records: Iterable[dict]) -> dict[int, float]:
     """The ``drift`` of each epoch in a metrics log; the last record of an epoch wins (a rerun appends)."""
@@ -200,10 +196,13 @@ def drift_table(runs: Sequence[DriftRun]) -> str:
 
 
 def verdict(regulated: DriftRun, plain: DriftRun, limit: float = RATIO_LIMIT) -> tuple[str, bool]:
-    """One line comparing the final drifts (at the last epoch both logged) and whether R_phi* drifted."""
-    epoch = min(regulated.final[0], plain.final[0])
-    a = regulated.drifts.get(epoch, math.nan)
-    b = plain.drifts.get(epoch, math.nan)
+    """One line comparing the final drifts (at the last epoch both logged: a killed run is compared where it
+    stopped) and whether R_phi* drifted."""
+    common = set(regulated.drifts) & set(plain.drifts)
+    if not common:
+        return f"{regulated.name} vs {plain.name}: no epoch logged by both, nothing to compare", False
+    epoch = max(common)
+    a, b = regulated.drifts[epoch], plain.drifts[epoch]
     q = ratio(a, b)
     drifted = q > limit
     what = "R_phi* drifted" if drifted else f"no drift (within {limit:g}x)"
@@ -214,6 +213,8 @@ def verdict(regulated: DriftRun, plain: DriftRun, limit: float = RATIO_LIMIT) ->
 def report(dirs: Sequence[str | os.PathLike], limit: float = RATIO_LIMIT) -> tuple[str, bool]:
     """The drift table of the runs in ``dirs`` and a verdict per regulated run with an unregulated twin;
     True when any R_phi* drifted."""
+    if not limit > 0:  # NaN too
+        raise GramError(f"--limit must be a positive ratio (e.g. {RATIO_LIMIT:g}), got {limit}")
     runs = find_runs(dirs)
     logged = [r for r in runs if r.drifts]
     if not logged:
