@@ -13,7 +13,7 @@ from gramprompt.cli import main
 from gramprompt.errors import NonFiniteError
 from gramprompt.eval.evaluate import evaluate
 from gramprompt.meta.checkpoint import save_gram
-from gramprompt.meta.regulator import init_regulator
+from gramprompt.meta.regulator import RegulatorConfig, init_regulator
 from gramprompt.prompts import build_method
 from gramprompt.runs import RunDir, load_prompts
 from test_meta_cli import small_hierarchy
@@ -34,7 +34,7 @@ def _error(capsys) -> str:
 def _nan_theta(ckpt, path, phi: bool = False):
     theta = build_method("coop", load_backbone(f"hf:{ckpt}")).init_params(torch.Generator().manual_seed(0))
     theta["text_ctx"][1, 2] = float("nan")
-    save_gram(path, theta, init_regulator(theta) if phi else {}, {"method": "coop", "regulator": {"shape": "shared"}})
+    save_gram(path, theta, init_regulator(theta, RegulatorConfig(form="literal")) if phi else {}, {"method": "coop", "regulator": {"shape": "shared"}})
     return path
 
 
@@ -47,7 +47,7 @@ def test_nan_init_prompts_give_no_summary(tiny_clip_dir, tmp_path, capsys):
 
 def test_nan_regulator_is_refused(tiny_clip_dir, tmp_path, capsys):
     theta = build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")).init_params(torch.Generator().manual_seed(0))
-    phi = init_regulator(theta)
+    phi = init_regulator(theta, RegulatorConfig(form="literal"))
     phi["text_ctx.b_beta"][0] = float("inf")
     save_gram(tmp_path / "g" / "gram.safetensors", theta, phi, {"method": "coop", "regulator": {"shape": "shared"}})
     assert _fewshot(tiny_clip_dir, tmp_path / "run", "--init", str(tmp_path / "g" / "gram.safetensors")) == 2

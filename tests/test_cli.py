@@ -195,12 +195,12 @@ def test_several_hierarchies_share_features_and_each_gets_its_own_gram_rows(tiny
 
 def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tmp_path):
     from gramprompt.meta.checkpoint import load_gram, save_gram
-    from gramprompt.meta.regulator import init_regulator
+    from gramprompt.meta.regulator import RegulatorConfig, init_regulator
 
     theta = build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")).init_params(torch.Generator().manual_seed(3))
-    identity = init_regulator(theta)
+    identity = init_regulator(theta, RegulatorConfig(form="literal"))
     identity["text_ctx.b_gamma"].fill_(20.0)  # gamma = 1, beta = 0: R_phi is the identity
-    half = init_regulator(theta)
+    half = init_regulator(theta, RegulatorConfig(form="literal"))
     half["text_ctx.b_gamma"].fill_(float(np.arctanh(0.5)))  # gamma = 0.5: every step halved
     info = {"method": "coop", "regulator": {"shape": "shared"}}
     save_gram(tmp_path / "id" / "gram.safetensors", theta, identity, info)

@@ -231,7 +231,7 @@ def test_killed_parallel_runner_leaves_no_worker_behind_and_resumes(tiny_clip_di
 def test_variant_rows_wait_for_their_checkpoint_and_are_redone_when_it_changes(tiny_clip_dir, tmp_path):
     from gramprompt.backbones import load_backbone
     from gramprompt.meta.checkpoint import save_gram
-    from gramprompt.meta.regulator import init_regulator
+    from gramprompt.meta.regulator import RegulatorConfig, init_regulator
     from gramprompt.prompts import build_method
 
     ckpt = tmp_path / "given" / "gram.safetensors"
@@ -241,11 +241,11 @@ def test_variant_rows_wait_for_their_checkpoint_and_are_redone_when_it_changes(t
     assert [job_status(exp, j) for j in plan(exp)] == [WAITING]  # a given checkpoint is not meta-trained
     theta = build_method("coop", load_backbone(f"hf:{tiny_clip_dir}")).init_params(
         __import__("torch").Generator().manual_seed(0))
-    save_gram(ckpt, theta, init_regulator(theta), {"method": "coop", "regulator": {"shape": "shared"}})
+    save_gram(ckpt, theta, init_regulator(theta, RegulatorConfig(form="literal")), {"method": "coop", "regulator": {"shape": "shared"}})
     assert [job_status(exp, j) for j in plan(exp)] == [PENDING]
     run_experiment(exp)
     assert [job_status(exp, j) for j in plan(exp)] == [DONE]
-    save_gram(ckpt, {k: v + 1 for k, v in theta.items()}, init_regulator(theta), {"method": "coop"})
+    save_gram(ckpt, {k: v + 1 for k, v in theta.items()}, init_regulator(theta, RegulatorConfig(form="literal")), {"method": "coop"})
     assert [job_status(exp, j) for j in plan(exp)] == [STALE]
 
 

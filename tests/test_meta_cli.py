@@ -53,8 +53,9 @@ def test_meta_train_then_fewshot_from_its_checkpoint(tiny_clip_dir, tmp_path):
     assert main(args) == 0  # resumes at 4 == iterations: nothing to redo
     assert load_gram(out / "gram.safetensors")[0]["text_ctx"].equal(theta["text_ctx"])
     assert theta["text_ctx"].shape == (4, backbone.text_width)
-    assert set(phi) == {f"text_ctx.{k}" for k in ("w_gamma", "b_gamma", "w_beta", "b_beta")}
+    assert set(phi) == {f"text_ctx.{k}" for k in ("w_gamma", "b_gamma", "w_beta", "b_beta", "b_gate")}
     assert info["method"] == "coop" and info["regulator"]["shape"] == "shared" and info["iterations"] == 4
+    assert info["regulator"]["form"] == "bounded"  # the default form
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4] and "alignment" in records[1]
     assert main(["fewshot", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop", "--dataset", "digits",
@@ -70,16 +71,16 @@ def test_meta_train_regulator_forms(tiny_clip_dir, tmp_path, capsys):
     small_hierarchy(tmp_path, backbone.embed_dim)
     args = ["meta-train", "--hierarchy", str(tmp_path / "h"), "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop",
             "--iterations", "2", "--task-batch", "2", "--ways", "3", "--support-shots", "2", "--query-shots", "2"]
-    for flags, form in [(["--regulator-form", "bounded"], "bounded"), (["--scale-invariant"], "scale-invariant")]:
+    for flags, form in [(["--regulator-form", "literal"], "literal"), (["--scale-invariant"], "scale-invariant")]:
         out = tmp_path / form
         assert main([*args, "--out", str(out), *flags]) == 0
         _, phi, info = load_gram(out / "gram.safetensors")
         assert info["regulator"]["form"] == form and ("text_ctx.b_gate" in phi) == (form == "bounded")
     assert main(["fewshot", "--backbone", f"hf:{tiny_clip_dir}", "--method", "coop", "--dataset", "digits",
                  "--shots", "1", "--out", str(tmp_path / "fs"), "--epochs", "1", "--batch-size", "4",
-                 "--init", str(tmp_path / "bounded" / "gram.safetensors")]) == 0
+                 "--init", str(tmp_path / "literal" / "gram.safetensors")]) == 0
     with pytest.raises(SystemExit):  # the alias and the option are one setting
-        main([*args, "--out", str(tmp_path / "both"), "--scale-invariant", "--regulator-form", "bounded"])
+        main([*args, "--out", str(tmp_path / "both"), "--scale-invariant", "--regulator-form", "literal"])
     assert "not allowed with argument" in capsys.readouterr().err
 
 

@@ -72,7 +72,7 @@ def rounding_bound(phi, g, shape, name="ctx"):
 def test_literal_regulator_matches_reference_in_float32(shape, prompt_shape):
     phi = random_phi(prompt_shape, shape, "literal", seed=0)
     g = torch.randn(prompt_shape, generator=torch.Generator().manual_seed(10))
-    out = regulate_one(phi, "ctx", g, RegulatorConfig(shape))
+    out = regulate_one(phi, "ctx", g, RegulatorConfig(shape, "literal"))
     assert_fp32_close(out, numpy_regulator(phi, g.numpy(), shape, "literal"), **rounding_bound(phi, g, shape))
 
 
@@ -131,10 +131,11 @@ def test_bounded_form_starts_as_the_identity(shape):
 
 def test_saturated_gamma_is_plain_sgd_and_unregulated_names_pass_through():
     params = {"text_ctx": torch.randn(4, 8), "meta_w1": torch.randn(8, 8)}
-    phi = init_regulator(params, names=["text_ctx"])
+    literal = RegulatorConfig("shared", "literal")
+    phi = init_regulator(params, literal, names=["text_ctx"])
     phi["text_ctx.b_gamma"].fill_(20.0)  # tanh(20) == 1 in float32: the identity regulator
     grads = {k: torch.randn_like(v) for k, v in params.items()}
-    out = regulate(phi, grads, "shared")
+    out = regulate(phi, grads, literal)
     assert torch.equal(out["text_ctx"], grads["text_ctx"]) and out["meta_w1"] is grads["meta_w1"]
 
 
@@ -143,15 +144,15 @@ def test_bad_configs_are_clear_errors():
         RegulatorConfig("conv")
     with pytest.raises(ValueError, match="form"):
         RegulatorConfig(form="clipped")
-    with pytest.raises(ValueError, match="contradicts"):
-        RegulatorConfig(form="bounded", scale_invariant=True)
+    # the old spelling alone selects its form over the default one (old configs say only scale_invariant)
+    assert RegulatorConfig(form="bounded", scale_invariant=True).form_name == "scale-invariant"
     with pytest.raises(ValueError, match="contradicts"):
         RegulatorConfig(form="literal", scale_invariant=True)
     with pytest.raises(ValueError, match="gamma_init"):
         RegulatorConfig(gamma_init=1.0)
     with pytest.raises(ValueError, match="full regulator"):
         init_regulator({"ctx": torch.zeros(24, 512)}, RegulatorConfig("full"))
-    phi = init_regulator({"ctx": torch.zeros(2, 3)}, RegulatorConfig())
+    phi = init_regulator({"ctx": torch.zeros(2, 3)}, RegulatorConfig(form="literal"))
     with pytest.raises(ValueError, match="lacks \\['b_gate'\\]"):  # literal tensors, bounded metadata
         check_phi(phi, RegulatorConfig(form="bounded"), "gram.safetensors")
 
@@ -161,12 +162,23 @@ def test_the_old_scale_invariant_spelling_is_the_same_config():
     one config, stored the old way, so their settings compare equal."""
     old, new = RegulatorConfig(scale_invariant=True), RegulatorConfig(form="scale-invariant")
     assert old == new and asdict(new) == asdict(old) and new.form_name == "scale-invariant"
-    assert RegulatorConfig(form="literal") == RegulatorConfig() and RegulatorConfig().form_name == "literal"
-    assert RegulatorConfig(form="bounded").form_name == "bounded"
+    assert RegulatorConfig(form="literal") == RegulatorConfig(form=None) and RegulatorConfig(form=None).form_name == "literal"
+    assert RegulatorConfig(form="bounded") == RegulatorConfig() and RegulatorConfig().form_name == "bounded"  # the default
     for cfg in (RegulatorConfig("diagonal"), new, RegulatorConfig("full", "bounded")):
         meta = cfg.metadata()
         assert meta["form"] == cfg.form_name and RegulatorConfig(**meta) == cfg
     assert RegulatorConfig(**{"shape": "shared", "scale_invariant": True}).form_name == "scale-invariant"
+
+
+def test_a_checkpoint_from_before_forms_keeps_its_form_under_the_new_default(tmp_path):
+    """The default form is now ``bounded``; a checkpoint whose metadata predates ``form`` used the literal
+    form (or the scale-invariant one by its flag) and must be applied as it was trained."""
+    from gramprompt.meta.checkpoint import regulator_config
+
+    old = {"shape": "shared", "gamma_init": 0.96, "weight_init_std": 0.0, "scale_invariant": False}
+    assert regulator_config(tmp_path, {"regulator": old}).form_name == "literal"
+    assert regulator_config(tmp_path, {"regulator": {**old, "scale_invariant": True}}).form_name == "scale-invariant"
+    assert regulator_config(tmp_path, {"regulator": RegulatorConfig().metadata()}).form_name == "bounded"
 
 
 def random_cases(form, n=24):
@@ -259,12 +271,13 @@ def test_old_checkpoints_load_as_the_form_their_flag_names(tmp_path):
     for reg, form in [({"shape": "shared", "scale_invariant": True}, "scale-invariant"),
                       ({"shape": "diagonal", "gamma_init": 0.5, "weight_init_std": 0.0, "scale_invariant": False},
                        "literal")]:
-        phi = init_regulator(theta, RegulatorConfig(reg["shape"]))
+        phi = init_regulator(theta, RegulatorConfig(reg["shape"], form=None, scale_invariant=reg["scale_invariant"]))
         path = save_gram(tmp_path / f"{form}.safetensors", theta, phi, {"regulator": reg})
         assert regulated_grad_transform(path).keywords["regulator"].form_name == form
-    path = save_gram(tmp_path / "mismatch.safetensors", theta, init_regulator(theta), {"regulator": {"form": "bounded"}})
+    literal = init_regulator(theta, RegulatorConfig(form="literal"))
+    path = save_gram(tmp_path / "mismatch.safetensors", theta, literal, {"regulator": {"form": "bounded"}})
     with pytest.raises(GramError, match="b_gate"):
         regulated_grad_transform(path)
-    path = save_gram(tmp_path / "future.safetensors", theta, init_regulator(theta), {"regulator": {"form": "clipped"}})
+    path = save_gram(tmp_path / "future.safetensors", theta, literal, {"regulator": {"form": "clipped"}})
     with pytest.raises(GramError, match="unreadable regulator settings"):
         regulated_grad_transform(path)

@@ -67,8 +67,8 @@ def accuracy_after_adaptation(method, theta, phi, sampler, inputs, alpha, steps,
         t = sampler.sample(rng)
         data = TaskData(t.classnames, inputs.batch(t.support), torch.as_tensor(t.support_labels),
                         inputs.batch(t.query), torch.as_tensor(t.query_labels))
-        adapted, _ = adapt(method, {k: v.detach().requires_grad_() for k, v in theta.items()}, phi, "diagonal",
-                           data, alpha, steps)
+        adapted, _ = adapt(method, {k: v.detach().requires_grad_() for k, v in theta.items()}, phi,
+                           RegulatorConfig("diagonal", "literal"), data, alpha, steps)
         _, logits = task_loss(method, adapted, data.query, data.query_y, data.classnames)
         accs.append(float((logits.argmax(-1) == data.query_y).float().mean()))
     return 100 * float(np.mean(accs))
@@ -84,7 +84,7 @@ def test_regulator_learns_to_ignore_the_spurious_domain_feature(tmp_path):
     test_sampler = TaskSampler(np.where(~train, topic, -1), domain, names, tasks)
     alpha, steps = 4.0, 1
     cfg = MetaConfig(iterations=150, task_batch=4, inner_lr=alpha, inner_steps=steps, lr_theta=0.0, lr_phi=0.05,
-                     stats_every=1, checkpoint_every=1000, regulator=RegulatorConfig("diagonal"))
+                     stats_every=1, checkpoint_every=1000, regulator=RegulatorConfig("diagonal", "literal"))
     logs: list[dict] = []
     state = MetaTrainer(method, train_sampler, inputs, cfg, tmp_path / "meta", log=logs.append).run()
     align = [r["alignment"] for r in logs]

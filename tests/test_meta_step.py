@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from gramprompt.meta.regulator import RegulatorConfig, init_regulator
+
+LITERAL = RegulatorConfig("shared", "literal")  # the paper's formula, which these tests were written for
 from gramprompt.meta.step import TaskData, adapt, meta_loss, task_loss
 from gramprompt.prompts import Batch, build_method
 from tolerance import assert_fp32_close, meta_gradient
@@ -23,7 +25,7 @@ def make_task(backbone, seed: int) -> TaskData:
 def setup(backbone):
     method = build_method("coop", backbone)
     theta = {k: v.requires_grad_() for k, v in method.init_params(torch.Generator().manual_seed(0)).items()}
-    phi = init_regulator(theta, RegulatorConfig("shared", weight_init_std=0.05), torch.Generator().manual_seed(1))
+    phi = init_regulator(theta, RegulatorConfig("shared", "literal", weight_init_std=0.05), torch.Generator().manual_seed(1))
     phi = {k: v.requires_grad_() for k, v in phi.items()}
     return method, theta, phi, [make_task(backbone, 1), make_task(backbone, 2)]
 
@@ -35,11 +37,11 @@ def test_identity_regulator_is_plain_sgd(setup):
         phi[k].zero_()
         if k.endswith("b_gamma"):
             phi[k].fill_(20.0)  # gamma = tanh(20) = 1, beta = 0
-    adapted, _ = adapt(method, theta, phi, "shared", tasks[0], alpha=0.5)
+    adapted, _ = adapt(method, theta, phi, LITERAL, tasks[0], alpha=0.5)
     loss, _ = task_loss(method, theta, tasks[0].support, tasks[0].support_y, CLASSES)
     (g,) = torch.autograd.grad(loss, [theta["text_ctx"]])
     torch.testing.assert_close(adapted["text_ctx"], theta["text_ctx"] - 0.5 * g)
-    raw, _ = adapt(method, theta, None, "shared", tasks[0], alpha=0.5)  # --no-regulator
+    raw, _ = adapt(method, theta, None, LITERAL, tasks[0], alpha=0.5)  # --no-regulator
     torch.testing.assert_close(raw["text_ctx"], adapted["text_ctx"])
 
 
@@ -67,7 +69,7 @@ def test_first_order_phi_gradient_is_inexact_with_several_inner_steps(setup):
     names, alpha, steps = list(phi), 2.0, 3
 
     def f(tensors, second_order=True):
-        loss, _ = meta_loss(method, theta, dict(zip(names, tensors)), "shared", tasks, alpha, steps,
+        loss, _ = meta_loss(method, theta, dict(zip(names, tensors)), LITERAL, tasks, alpha, steps,
                             second_order=second_order, stats=False)
         return loss
 
@@ -91,7 +93,7 @@ def test_second_order_theta_gradient_matches_finite_differences(setup):
     alpha = 2.0  # a large inner step so the Hessian term matters
 
     def f(ctx):
-        loss, _ = meta_loss(method, {"text_ctx": ctx}, phi, "shared", tasks, alpha, second_order=True, stats=False)
+        loss, _ = meta_loss(method, {"text_ctx": ctx}, phi, LITERAL, tasks, alpha, second_order=True, stats=False)
         return loss
 
     ctx = theta["text_ctx"]
@@ -100,7 +102,7 @@ def test_second_order_theta_gradient_matches_finite_differences(setup):
     eps = 1e-2
     fd = (f((ctx + eps * v).detach().requires_grad_()) - f((ctx - eps * v).detach().requires_grad_())).item() / (2 * eps)
     so = (torch.autograd.grad(f(ctx), [ctx])[0] * v).sum().item()
-    loss_fo, _ = meta_loss(method, theta, phi, "shared", tasks, alpha, second_order=False, stats=False)
+    loss_fo, _ = meta_loss(method, theta, phi, LITERAL, tasks, alpha, second_order=False, stats=False)
     fo = (torch.autograd.grad(loss_fo, [ctx])[0] * v).sum().item()
     assert so == pytest.approx(fd, rel=2e-2, abs=1e-4)
     assert abs(fo - fd) > 5 * abs(so - fd)  # first order drops the Hessian term: visibly off here
@@ -108,6 +110,6 @@ def test_second_order_theta_gradient_matches_finite_differences(setup):
 
 def test_stats_are_logged(setup):
     method, theta, phi, tasks = setup
-    loss, stats = meta_loss(method, theta, phi, "shared", tasks, alpha=1.0)
+    loss, stats = meta_loss(method, theta, phi, LITERAL, tasks, alpha=1.0)
     assert loss.requires_grad and -1.0 <= stats.alignment <= 1.0
     assert 0 <= stats.query_acc_before <= 100 and stats.query_loss_after > 0

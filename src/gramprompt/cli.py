@@ -439,9 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regulator", choices=["shared", "diagonal", "full"], default=d_meta.regulator.shape)
     p.add_argument("--no-regulator", action="store_true", help="ablation: raw gradients in the inner loop")
     form = p.add_mutually_exclusive_group()
-    form.add_argument("--regulator-form", choices=list(FORMS), default=None,
-                      help="literal (the paper's formula; default), scale-invariant (sees g / rms(g), beta scaled by "
-                           "rms(g)), bounded (R(0) = 0, ||R(g)|| <= ||g||, gated toward g); see README")
+    form.add_argument("--regulator-form", choices=list(FORMS), default=d_meta.regulator.form_name,
+                      help="literal (the paper's formula), scale-invariant (sees g / rms(g), beta scaled by rms(g)), "
+                           "bounded (R(0) = 0, ||R(g)|| <= ||g||, gated toward g; the default, chosen by measurement); "
+                           "see README")
     form.add_argument("--scale-invariant", dest="regulator_form", action="store_const", const="scale-invariant",
                       help="alias of --regulator-form scale-invariant")
     p.add_argument("--no-domain-shift", action="store_true", help="ablation: support sets from all domains")

@@ -23,6 +23,7 @@ from ..data.registry import load_dataset, spec_name
 from ..eval.protocols import FewShotConfig, base_to_new, check_classnames, run_config, target_accuracies, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
+from ..meta.regulator import FORM_BEFORE_FORMS
 from ..meta.trainer import MetaConfig
 from ..prompts import PromptConfig, build_method
 from ..tuning.features import FeatureCache
@@ -166,6 +167,7 @@ def run_config_for(exp: Experiment, column: str, fs: FewShotConfig) -> dict:
 # the defaults of each stage's settings (see same_settings)
 RUN_DEFAULTS = _plain(asdict(FewShotConfig(method="-")))
 META_DEFAULTS = _plain({"prompt": asdict(PromptConfig()), "meta": asdict(MetaConfig())})
+META_DEFAULTS["meta"]["regulator"]["form"] = FORM_BEFORE_FORMS  # a stage made before forms existed
 CHC_DEFAULTS = _plain({"chc": CHCConfig().to_dict()})
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from gramprompt.errors import GramError
 from gramprompt.finite import check_finite
-from gramprompt.meta.regulator import RegulatorConfig, check_phi, regulate
+from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, check_phi, regulate
 from gramprompt.runs import load_prompts, save_prompts
 
 PHI = "phi."
@@ -39,7 +39,8 @@ def load_gram(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Ten
 def regulator_config(path: str | os.PathLike, info: dict) -> RegulatorConfig:
     """The RegulatorConfig recorded in a checkpoint's metadata (defaults for what an older file lacks)."""
     try:
-        return RegulatorConfig(**(info.get("regulator") or {}))
+        # a file written before forms existed has no "form": its form is the one it names by scale_invariant
+        return RegulatorConfig(**{"form": FORM_BEFORE_FORMS, **(info.get("regulator") or {})})
     except (TypeError, ValueError) as err:
         raise GramError(f"{path}: unreadable regulator settings {info.get('regulator')!r} ({err})") from err
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from gramprompt.errors import GramError, NonFiniteError
 from gramprompt.finite import check_finite, check_rate, check_skipped
 from gramprompt.meta.batched import batched_meta_loss, supports_batched
-from gramprompt.meta.regulator import RegulatorConfig, init_regulator
+from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import ImageBatch, Task, TaskConfig, TaskSampler
 from gramprompt.prompts.base import Batch, PromptMethod
@@ -269,6 +269,7 @@ class MetaTrainer:
             return
         saved, now = _flat(json.loads(path.read_text())), _flat(json.loads(json.dumps(asdict(self.cfg))))
         defaults = _flat(json.loads(json.dumps(asdict(MetaConfig()))))  # an option added since: saved at its default
+        defaults["regulator.form"] = FORM_BEFORE_FORMS  # the default form changed since forms were added
         diff = sorted(k for k in set(saved) | set(now)
                       if k.split(".")[0] not in self.RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k))
         if diff:
