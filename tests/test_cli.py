@@ -191,6 +191,12 @@ def test_several_hierarchies_share_features_and_each_gets_its_own_gram_rows(tiny
     runs = {(s["label"], s.get("hierarchy")): s for s in summaries(exp)}
     assert set(runs) == {("coop", None), ("coop+gram", 4), ("coop+gram", 7)}
     assert runs[("coop+gram", 7)]["init"] == str(root / "meta" / "coop-chc-seed7" / "gram.safetensors")
+    # the folders alone (gram table) tell the hierarchies' runs apart: their summaries record the hierarchy
+    from gramprompt.eval.table import base2new_table, collect
+
+    folder = collect([root / "runs"])
+    assert sorted(s.get("hierarchy") or -1 for s in folder) == [-1, 4, 7]
+    assert "1 (hierarchies 4, 7)" in base2new_table(folder)
 
 
 def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tmp_path):

@@ -349,6 +349,20 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    record_hierarchies(exp)
+
+
+def record_hierarchies(exp: Experiment) -> None:
+    """Write each finished GRAM run's hierarchy into its ``summary.json`` (experiments over several hierarchies), so
+    that tables read from the folders alone (``gram table``) tell the hierarchies' runs apart."""
+    if exp.hierarchy is None or len(exp.hierarchy.all_seeds()) < 2:
+        return
+    for job in plan(exp):
+        if job.kind == "run" and job.hierarchy is not None and is_finished(job.out):
+            run = RunDir(job.out)
+            summary = run.read_summary()
+            if summary.get("hierarchy") != job.hierarchy:
+                run.write_summary({**summary, "hierarchy": job.hierarchy})
 
 
 def summaries(exp: Experiment) -> list[dict]:
