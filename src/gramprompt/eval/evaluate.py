@@ -11,6 +11,7 @@ from ..data.images import load_batch
 from ..errors import NonFiniteError
 from ..prompts.base import Batch, PromptMethod
 from ..tuning.features import FeatureCache, encode_images, input_kind
+from .metrics import accuracy_of, correct
 
 def _predict(logits: Tensor) -> Tensor:
     """argmax of the logits; NaN logits would all be 'class 0' and score like a real model."""
@@ -42,7 +43,7 @@ def correctness(method: PromptMethod, params: dict[str, Tensor], samples: Sequen
             labels.extend(chunk[i].label for i in kept)
         if not preds:
             raise ValueError("no readable test image")
-        return _correct(torch.cat(preds), torch.tensor(labels))
+        return correct(torch.cat(preds), torch.tensor(labels))
     if cache is not None and cache_key is not None:
         feats, labels = cache.get((*cache_key, "eval"), samples, bb.transform.eval, batch_size, kind=kind)
     else:
@@ -55,25 +56,12 @@ def correctness(method: PromptMethod, params: dict[str, Tensor], samples: Sequen
         step = len(feats)
     preds = torch.cat([_predict(method.logits(params, Batch(**{kind: feats[i:i + step]}), classnames))
                        for i in range(0, len(feats), step)])
-    return _correct(preds.cpu(), labels.cpu())
+    return correct(preds.cpu(), labels.cpu())
 
 
-def _correct(preds: Tensor, labels: Tensor) -> Tensor:
-    if preds.shape[0] != labels.shape[0]:
-        raise ValueError(f"{preds.shape[0]} predictions but {labels.shape[0]} labels")
-    return preds.long() == labels.reshape(-1).long()
-
-
-def accuracy_of(correct: Tensor) -> float:
-    """Accuracy in percent of a correctness vector, computed exactly as ``metrics.accuracy`` does."""
-    if correct.numel() == 0:
-        raise ValueError("accuracy of an empty set is undefined")
-    return 100.0 * correct.sum().item() / correct.numel()
-
-
-def correct_bits(correct: Tensor) -> str:
+def correct_bits(ok: Tensor) -> str:
     """A correctness vector as a '0'/'1' string (one char per image): compact in a JSON summary."""
-    return "".join("1" if c else "0" for c in correct.tolist())
+    return "".join("1" if c else "0" for c in ok.tolist())
 
 
 def evaluate(method: PromptMethod, params: dict[str, Tensor], samples: Sequence[Sample], classnames: list[str],

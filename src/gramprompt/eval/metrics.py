@@ -14,8 +14,8 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def accuracy(logits_or_preds: ArrayLike, labels: ArrayLike) -> float:
-    """Top-1 accuracy in percent (the unit the GRAM tables use).
+def correct(logits_or_preds: ArrayLike, labels: ArrayLike) -> torch.Tensor:
+    """Whether each prediction is right (bool, in order): what paired tests compare image by image.
 
     Accepts (N, C) logits, reduced with argmax over the last dim, or (N,) predicted labels.
     """
@@ -28,9 +28,19 @@ def accuracy(logits_or_preds: ArrayLike, labels: ArrayLike) -> float:
         raise ValueError(f"expected (N, C) logits or (N,) predictions, got shape {tuple(scores.shape)}")
     if preds.shape[0] != target.shape[0]:
         raise ValueError(f"{preds.shape[0]} predictions but {target.shape[0]} labels")
-    if target.numel() == 0:
+    return preds.long() == target.long()
+
+
+def accuracy_of(ok: torch.Tensor) -> float:
+    """Accuracy in percent of a correctness vector (see :func:`correct`)."""
+    if ok.numel() == 0:
         raise ValueError("accuracy of an empty set is undefined")
-    return 100.0 * (preds.long() == target.long()).sum().item() / target.numel()
+    return 100.0 * ok.sum().item() / ok.numel()
+
+
+def accuracy(logits_or_preds: ArrayLike, labels: ArrayLike) -> float:
+    """Top-1 accuracy in percent (the unit the GRAM tables use); logits or predicted labels as :func:`correct`."""
+    return accuracy_of(correct(logits_or_preds, labels))
 
 
 def harmonic_mean(base: float, new: float) -> float:

@@ -17,8 +17,8 @@ from ..runs import RunDir, load_prompts
 from ..tuning.config import TuneConfig
 from ..tuning.features import FeatureCache
 from ..tuning.train import train_prompts
-from .evaluate import accuracy_of, correct_bits, correctness, evaluate
-from .metrics import harmonic_mean
+from .evaluate import correct_bits, correctness, evaluate
+from .metrics import accuracy_of, harmonic_mean
 
 # Called after every tuning epoch with the method, the epoch (1-based) and the current parameters.
 EpochHook = Callable[[PromptMethod, int, dict[str, Tensor]], None]
