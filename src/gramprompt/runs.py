@@ -56,12 +56,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested settings as {dotted.key: value}."""
+def flat_settings(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {dotted.key: value}, so settings compare key by key (an option added to a nested
+    config since they were recorded shows as one missing key)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_settings(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -132,7 +133,7 @@ class RunDir:
             stored = self.config
         except (OSError, yaml.YAMLError) as err:
             return f"an unreadable config.yaml: {err}"
-        old, new = _flat(stored), _flat(config)
+        old, new = flat_settings(stored), flat_settings(config)
         # a key missing on disk whose value is now None is an option added since, left unset: the same run
         keys = sorted(k for k in old.keys() | new.keys()
                       if k not in may_differ and old.get(k) != new.get(k) and not (k not in old and new[k] is None))

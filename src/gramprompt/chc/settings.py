@@ -17,6 +17,7 @@ from typing import Any
 
 from gramprompt.chc.config import WORD_SETTINGS, CHCConfig
 from gramprompt.errors import GramError
+from gramprompt.runs import flat_settings
 
 SETTINGS_FILE = "settings.json"
 
@@ -76,19 +77,12 @@ def _write(path: Path, settings: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _differences(recorded: dict[str, Any], settings: dict[str, Any]) -> str:
-    old, new = _flat(recorded), _flat(settings)
+    old, new = flat_settings(recorded), flat_settings(settings)
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
     return "; ".join(f"{k}: {_short(old.get(k))} on disk, {_short(new.get(k))} now" for k in keys)

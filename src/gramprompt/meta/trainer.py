@@ -34,6 +34,7 @@ from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, init_r
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import ImageBatch, Task, TaskConfig, TaskSampler
 from gramprompt.prompts.base import Batch, PromptMethod
+from gramprompt.runs import flat_settings
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +115,6 @@ def _load_state(path: Path) -> dict:
     except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise GramError(f"the meta-training checkpoint {path} cannot be loaded safely ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); delete {path.parent} to start over") from err
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    """Nested settings as ``{"regulator.shape": ...}``, so an option added to a nested config since a
-    checkpoint was written compares at its default too."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class MetaTrainer:
@@ -267,8 +256,9 @@ class MetaTrainer:
         """Refuse to resume a checkpoint written with other settings: the result would mix two runs."""
         if not path.exists():
             return
-        saved, now = _flat(json.loads(path.read_text())), _flat(json.loads(json.dumps(asdict(self.cfg))))
-        defaults = _flat(json.loads(json.dumps(asdict(MetaConfig()))))  # an option added since: saved at its default
+        saved = flat_settings(json.loads(path.read_text()))
+        now = flat_settings(json.loads(json.dumps(asdict(self.cfg))))
+        defaults = flat_settings(json.loads(json.dumps(asdict(MetaConfig()))))  # an option added since: saved at its default
         defaults["regulator.form"] = FORM_BEFORE_FORMS  # the default form changed since forms were added
         diff = sorted(k for k in set(saved) | set(now)
                       if k.split(".")[0] not in self.RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k))
