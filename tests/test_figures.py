@@ -155,6 +155,28 @@ def test_fig1a_only_selects_and_orders_and_bad_input_is_refused(b2n_runs, tmp_pa
         figures.base2new_summaries([tmp_path / "empty"])
 
 
+def test_fig1a_and_fig3a_take_a_grams_runs_on_several_hierarchies(tmp_path):
+    # the same seed on two CHC hierarchies is two repeats of one cell (as in the tables); the same
+    # (hierarchy, seed) twice is still refused
+    s = [_summary("d1", "coop+gram", 1, 80.0, 60.0, hierarchy=0), _summary("d1", "coop+gram", 1, 70.0, 50.0, hierarchy=1),
+         _summary("d1", "coop+gram", 2, 90.0, 40.0, hierarchy=0)]
+    (point,) = figures.fig1a_data(s, "base")["d1"]
+    assert point.keys == ((0, 1), (0, 2), (1, 1)) and point.values == (80.0, 90.0, 70.0)
+    assert point.mean == pytest.approx(80.0)
+    with pytest.raises(ValueError, match=r"1 \(hierarchy 0\) appear more than once"):
+        figures.fig1a_data(s + [s[0]], "base")
+    root = tmp_path / "h"
+    for i, (h, seed) in enumerate([(0, 1), (1, 1)]):
+        _write_run(root / f"h{h}" / f"seed{seed}", _summary("d1", "coop+gram", seed, 50.0 + i, 40.0, hierarchy=h),
+                   _epoch_log([(40.0 + 10 * i, 30.0), (50.0 + 10 * i, 40.0)]))
+    runs = figures.epoch_runs([root])
+    assert sorted(r.hierarchy for r in runs) == [0, 1]
+    (curve,) = figures.fig3a_data(runs)
+    assert curve.runs == 2 and curve.base == pytest.approx((45.0, 55.0))
+    with pytest.raises(ValueError, match="appear more than once"):
+        figures.fig3a_data(runs + [runs[0]])
+
+
 def test_fig1a_bars_colours_and_order(b2n_runs):
     fig = figures.fig1a(figures.base2new_summaries([b2n_runs]), metric="new")
     ax = fig.axes[0]  # d1

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..runs import METRICS, SUMMARY, RunDir, read_summary
 from .metrics import harmonic_mean
-from .table import BASE2NEW, collect, protocol, row_label
+from .table import BASE2NEW, collect, hierarchy, protocol, repeat, row_label
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,15 @@ def _select(labels: list[str], only: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(only))
 
 
+def _repeat_key(summary: dict):
+    """A run's seed, or (hierarchy, seed) for a GRAM run of a multi-hierarchy experiment: every (hierarchy,
+    seed) is one repeat of its cell, as in the tables."""
+    h = hierarchy(summary)
+    return summary.get("seed") if h is None else (h, summary.get("seed"))
+
+
 def _check_seeds(runs: Sequence, seed_of, what: str) -> None:
-    """Refuse duplicate seeds in one cell: they would silently weigh one repeat twice."""
+    """Refuse duplicate repeats in one cell: they would silently weigh one repeat twice."""
     seeds = [seed_of(r) for r in runs]
     dupes = sorted({str(s) for s in seeds if seeds.count(s) > 1})
     if dupes:
@@ -89,8 +96,8 @@ class InitPoint:
     """One initialization (a run label) on one dataset, or averaged over datasets."""
 
     label: str
-    values: tuple[float, ...]  # the metric per seed (per dataset in the "Average" panel): the dots
-    keys: tuple  # the seed (or dataset) of each value
+    values: tuple[float, ...]  # the metric per repeat (per dataset in the "Average" panel): the dots
+    keys: tuple  # the seed, (hierarchy, seed) or dataset of each value
     base: float  # mean Base over the values' runs
     new: float  # mean New over the values' runs
     mean: float  # the bar: mean of the values for base/new; for h the H of (base, new), as the tables do
@@ -126,14 +133,14 @@ def fig1a_data(summaries: Sequence[dict], metric: str = "h",
         points = []
         for label in labels:
             group = sorted((s for s in runs if s["dataset"] == ds and row_label(s) == label),
-                           key=lambda s: (s.get("seed") is None, s.get("seed")))
+                           key=lambda s: (hierarchy(s) or 0, s.get("seed") is None, s.get("seed")))
             if not group:
                 continue
-            _check_seeds(group, lambda s: s.get("seed"), f"{ds}/{label}")
-            missing = [s.get("seed") for s in group if metric not in s]
+            _check_seeds(group, repeat, f"{ds}/{label}")
+            missing = [repeat(s) for s in group if metric not in s]
             if missing:
                 raise ValueError(f"{ds}/{label}: summaries of seed(s) {missing} have no {metric!r}")
-            points.append(_point(label, metric, [float(s[metric]) for s in group], [s.get("seed") for s in group],
+            points.append(_point(label, metric, [float(s[metric]) for s in group], [_repeat_key(s) for s in group],
                                  _mean(s["base"] for s in group), _mean(s["new"] for s in group)))
         out[ds] = points
     if len(datasets) > 1:
@@ -163,8 +170,8 @@ def init_kind(label: str, highlight: Sequence[str]) -> str:
 
 def fig1a(summaries: Sequence[dict], metric: str = "h", highlight: Sequence[str] | None = None,
           only: Sequence[str] | None = None, title: str | None = None) -> Figure:
-    """Bars: mean over seeds of each initialization, dots: the seeds; neutral colours for random and
-    phrase initializations, strong ones for ``highlight`` (default: labels containing "gram"), whose
+    """Bars: mean over the repeats (seeds, x hierarchies for GRAM rows) of each initialization, dots: the
+    repeats; neutral colours for random and phrase initializations, strong ones for ``highlight`` (default: labels containing "gram"), whose
     level is carried across the panel as a dashed line against the grey band spanning the others."""
     data = fig1a_data(summaries, metric, only)
     labels = _ordered(p.label for points in data.values() for p in points)
@@ -234,6 +241,7 @@ class EpochRun:
     epochs: tuple[int, ...]
     base: tuple[float, ...]
     new: tuple[float, ...]
+    hierarchy: int | None = None  # the CHC hierarchy of a GRAM run of a multi-hierarchy experiment
 
 
 @dataclass(frozen=True)
@@ -283,7 +291,7 @@ def epoch_runs(dirs: Iterable[str | os.PathLike]) -> list[EpochRun]:
             continue
         out.append(EpochRun(folder, row_label(summary), summary["dataset"], summary.get("seed"),
                             tuple(int(r["epoch"]) for r in recs), tuple(float(r["test_base"]) for r in recs),
-                            tuple(float(r["test_new"]) for r in recs)))
+                            tuple(float(r["test_new"]) for r in recs), hierarchy(summary)))
     where = ", ".join(map(str, dirs))
     if not out:
         found = f"{len(without)} base-to-new run(s)" + (f" and {other} other run(s)" if other else "")
@@ -310,7 +318,7 @@ def fig3a_data(runs: Sequence[EpochRun], only: Sequence[str] | None = None) -> l
         per_ds_base, per_ds_new = [], []
         for ds in datasets:
             group = [r for r in mine if r.dataset == ds]
-            _check_seeds(group, lambda r: r.seed, f"{ds}/{label}")
+            _check_seeds(group, lambda r: (r.hierarchy, r.seed), f"{ds}/{label}")
             per_ds_base.append([_mean(r.base[i] for r in group) for i in range(len(epochs[0]))])
             per_ds_new.append([_mean(r.new[i] for r in group) for i in range(len(epochs[0]))])
         curves.append(Curve(label, epochs[0], tuple(_mean(col) for col in zip(*per_ds_base)),

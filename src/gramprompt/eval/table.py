@@ -76,7 +76,8 @@ def hierarchy(summary: dict) -> int | None:
     return summary.get("hierarchy")
 
 
-def _repeat(summary: dict) -> str:
+def repeat(summary: dict) -> str:
+    """What identifies a run among the repeats of one cell: its seed, and its hierarchy if it has one."""
     h = hierarchy(summary)
     return str(summary.get("seed")) if h is None else f"{summary.get('seed')} (hierarchy {h})"
 
@@ -84,7 +85,7 @@ def _repeat(summary: dict) -> str:
 def _check_group(runs: list[dict], what: str) -> None:
     """Refuse to pool runs that are not repeats of one experiment (a silent wrong mean is worse).
     A repeat is a (hierarchy, seed): 3 hierarchies x 5 seeds are 15 runs of one cell."""
-    keys = [_repeat(r) for r in runs]
+    keys = [repeat(r) for r in runs]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise ValueError(f"{what}: seed(s) {', '.join(dupes)} appear more than once")
