@@ -266,7 +266,10 @@ def test_transfer_targets_are_added_without_tuning_again(tiny_clip_dir, tmp_path
     assert main(["experiment", "run", str(more)]) == 0
     out = capsys.readouterr().out
     assert (run / "prompts.safetensors").stat().st_mtime_ns == prompts  # not tuned again
-    assert json.loads((run / "summary.json").read_text())["targets"].keys() == {"digits", "pets"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["targets"].keys() == {"digits", "pets"}
+    bits = summary["correct"]["targets"]["pets"]  # an added target keeps its per-image correctness too
+    assert len(bits) == 2 and summary["targets"]["pets"] == 100.0 * bits.count("1") / 2  # its test split: 2 of the 6 images
     assert "| CoOp |" in out and "| Method | digits (source) | digits | pets | Average |" in out
 
 

@@ -129,6 +129,62 @@ def test_refuses_what_cannot_be_paired(change):
         paired_h_bootstrap(a, b, **kw)
 
 
+# --- transfer: accuracy averaged over targets -------------------------------------------------------------
+
+def _target_cells(rng, hierarchies, seeds, sizes, p):
+    return {t: rng.random((hierarchies, seeds, n)) < p for t, n in sizes.items()}
+
+
+def _target_reference(a, b, idx, r):
+    """Replicate ``r`` the slow way: one seed draw for every target, plain means of the gathered cells."""
+    means = []
+    for cells, h in ((a, idx.hierarchies[0][r]), (b, idx.hierarchies[1][r])):
+        means.append(np.mean([100.0 * cells[t][h][:, idx.seeds[r]][:, :, idx.images[t][r]].mean() for t in sorted(cells)]))
+    return means[0] - means[1]
+
+
+TARGETS = {"X": 5, "Y": 8, "Z": 3}
+
+
+def test_transfer_replicates_match_a_loop_and_share_the_seed_draw():
+    rng = np.random.default_rng(7)
+    a, b = _target_cells(rng, 3, 4, TARGETS, 0.7), _target_cells(rng, 1, 4, TARGETS, 0.6)
+    idx = significance.draw_target_indices(a, b, 40, np.random.default_rng(1))
+    assert idx.seeds.shape == (40, 4)  # one draw of the seeds, not one per target
+    fast = significance.target_replicate_stats(a, b, idx)
+    np.testing.assert_allclose(fast, [_target_reference(a, b, idx, r) for r in range(40)], rtol=0, atol=1e-9)
+
+
+def test_transfer_point_estimate_by_hand_and_identical_rows():
+    t, f = True, False
+    # a: X 3/4 on both hierarchies, Y 1/2 -> (75 + 50) / 2 = 62.5; b: X 1/4, Y 2/2 -> (25 + 100) / 2 = 62.5
+    a = {"X": np.array([[[t, t, f, t]], [[t, f, t, t]]]), "Y": np.array([[[t, f]], [[f, t]]])}
+    b = {"X": np.array([[[t, f, f, f]]]), "Y": np.array([[[t, t]]])}
+    d = significance.paired_mean_bootstrap(a, b, replicates=50)
+    assert d.d == pytest.approx(0.0) and d.hierarchies == (2, 1) and d.seeds == 1 and d.low < 0 < d.high
+    same = significance.paired_mean_bootstrap(b, {k: v.copy() for k, v in b.items()}, replicates=50)
+    assert (same.d, same.low, same.high, same.side) == (0.0, 0.0, 0.0, 0)
+    better = significance.paired_mean_bootstrap({k: np.ones_like(v) for k, v in b.items()}, b, replicates=200)
+    assert better.side == 1 and better.d == pytest.approx(100 - 62.5)
+
+
+@pytest.mark.parametrize("change", ["target", "images", "seeds", "level"])
+def test_transfer_refuses_what_cannot_be_paired(change):
+    rng = np.random.default_rng(0)
+    a, b = _target_cells(rng, 2, 3, TARGETS, 0.7), _target_cells(rng, 1, 3, TARGETS, 0.7)
+    kw = {}
+    if change == "target":
+        del b["Y"]
+    elif change == "images":
+        b["X"] = b["X"][:, :, :-1]
+    elif change == "seeds":
+        a["X"] = a["X"][:, :2]
+    else:
+        kw["level"] = 0.0
+    with pytest.raises(ValueError):
+        significance.paired_mean_bootstrap(a, b, **kw)
+
+
 # --- summaries -------------------------------------------------------------------------------------------
 
 def test_base_to_new_and_transfer_summaries_store_per_image_correctness(backbone):

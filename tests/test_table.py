@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from gramprompt.eval.metrics import harmonic_mean
-from gramprompt.eval.table import base2new_table, collect, paper_table, render, significance_table, transfer_table
+from gramprompt.eval.table import (base2new_table, collect, paper_table, render, significance_table, transfer_significance_table,
+                                   transfer_table)
 from gramprompt.runs import RunDir
 
 
@@ -230,5 +231,35 @@ def test_old_summaries_without_correctness_print_dashes_not_errors():
     # H(60, 40) - H(50, 40) = 48 - 44.44 = +3.56
     assert rows[0] == ["GRAM", "CoOp", "+10.00", "+0.00", "+3.56 [–]", "–", "n/a"]
     assert rows[1] == ["GRAM", "VPT", "–", "–", "–", "–", "n/a"]
-    assert "Not tested: GRAM vs CoOp: gram on A: runs without per-image correctness" in table
+    assert "Not tested: GRAM vs CoOp: gram on A/base: runs without per-image correctness" in table
     assert "GRAM vs VPT: no runs of vpt on A" in table
+
+
+def _transfer_bits(label, seed, hierarchy, source, targets):
+    """A transfer run from "src" whose accuracies match its per-image correctness."""
+    acc = lambda bits: 100.0 * bits.count("1") / len(bits)  # noqa: E731
+    return {"protocol": "transfer", "dataset": "src", "label": label, "method": "coop", "seed": seed,
+            "hierarchy": hierarchy, "source": acc(source), "targets": {t: acc(b) for t, b in targets.items()},
+            "correct": {"source": source, "targets": targets}}
+
+
+def test_transfer_significance_source_and_target_average_per_hierarchy():
+    # CoOp: source 2/4, T1 1/2, T2 2/4 -> target average 50. GRAM on hierarchy 0: source 4/4, T1 2/2,
+    # T2 4/4 -> +50 on both; on hierarchy 1: the same bits as CoOp -> exactly 0.
+    runs = []
+    for s in (1, 2):
+        runs.append(_transfer_bits("coop", s, None, "1100", {"T1": "10", "T2": "0110"}))
+        runs.append(_transfer_bits("gram", s, 0, "1111", {"T1": "11", "T2": "1111"}))
+        runs.append(_transfer_bits("gram", s, 1, "1100", {"T1": "10", "T2": "0110"}))
+    table = transfer_significance_table(runs, [("gram", "GRAM", "coop", "CoOp")], "src", ["T1", "T2"],
+                                        replicates=200)
+    assert table.splitlines()[0] == ("| Row | vs | ΔSource [95% interval] | ΔAverage over targets [95% interval] "
+                                     "| per hierarchy ΔAverage [95% interval] | holds on every hierarchy |")
+    row = _sig_rows(table)["GRAM"]
+    assert row[2].startswith("+25.00 [") and row[3].startswith("+25.00 [")  # pooled over both hierarchies
+    h0, h1 = row[4].split("; ")
+    assert h0.startswith("h0: +50.00 [+") and h1 == "h1: +0.00 [+0.00, +0.00]" and row[5] == "no"
+    # summaries without per-image correctness: not tested, and why
+    old = [{k: v for k, v in r.items() if k != "correct"} for r in runs]
+    row = _sig_rows(transfer_significance_table(old, [("gram", "GRAM", "coop", "CoOp")], "src", ["T1", "T2"]))["GRAM"]
+    assert row[2:] == ["–", "–", "–", "n/a"]

@@ -197,16 +197,10 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
     return summary
 
 
-def target_accuracies(method: PromptMethod, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
-                      cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, float]:
-    """Accuracy of tuned prompts on each target, with its own class names and template (keyed by the given
-    names); targets can also be added to a finished transfer run this way, without tuning again."""
-    return {name: accuracy_of(ok) for name, ok in target_correctness(method, params, targets, cfg, cache=cache).items()}
-
-
 def target_correctness(method: PromptMethod, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],
                        cfg: FewShotConfig, *, cache: FeatureCache | None = None) -> dict[str, Tensor]:
-    """Per-image correctness of tuned prompts on each target (see :func:`target_accuracies`)."""
+    """Per-image correctness of tuned prompts on each target, with its own class names and template (keyed by
+    the given names); targets can also be added to a finished transfer run this way, without tuning again."""
     return {name: correctness(_for_target(method, t), params, _test(t, cfg), t.classnames,
                               batch_size=cfg.tune.eval_batch_size, cache=cache,
                               cache_key=(t.name, "all", cfg.max_test_per_class))

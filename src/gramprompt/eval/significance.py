@@ -14,6 +14,11 @@ Each row's Base (New) on a dataset is the mean correctness over the resampled hi
 Base and New are averaged over datasets and H is their harmonic mean, as the tables define it. The statistic
 is H_a - H_b; the interval is the bootstrap percentile interval. Pure numpy, memory bounded by drawing the
 replicates in chunks, deterministic given the generator.
+
+Transfer rows (Tables 2-5) are compared on their mean accuracy over the targets
+(:func:`paired_mean_bootstrap`): the same resampling, except that one tuned run per seed is evaluated on
+every target, so the seed draw is shared by the targets, and the statistic is the difference of the
+target-averaged accuracies.
 """
 from __future__ import annotations
 
@@ -30,8 +35,17 @@ SPLITS = ("base", "new")
 _CHUNK_NUMBERS = 2_000_000
 
 
+class _Interval:
+    """What a difference with a bootstrap interval (``low``, ``high``) says about its sign."""
+
+    @property
+    def side(self) -> int:
+        """+1 if the interval lies above 0, -1 if below, 0 if it contains 0."""
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+
 @dataclass(frozen=True)
-class HDiff:
+class HDiff(_Interval):
     """Row a minus row b: point estimates on the data (percent) and the bootstrap interval of dH."""
 
     d_base: float
@@ -43,11 +57,6 @@ class HDiff:
     replicates: int
     hierarchies: tuple[int, int]  # per row
     seeds: int  # summed over datasets (the seeds both rows have)
-
-    @property
-    def side(self) -> int:
-        """+1 if the interval lies above 0, -1 if below, 0 if it contains 0."""
-        return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
 
 @dataclass(frozen=True)
@@ -143,15 +152,25 @@ def replicate_stats(a: RowCells, b: RowCells, idx: Indices) -> np.ndarray:
     return np.stack([d_base, d_new, d_h], axis=1)
 
 
+def _check_arguments(replicates: int, level: float) -> None:
+    if replicates < 1:
+        raise ValueError(f"replicates must be >= 1, got {replicates}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _percentile_interval(stats: list[np.ndarray], level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(np.concatenate(stats), [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def paired_h_bootstrap(a: RowCells, b: RowCells, *, replicates: int = 2000, level: float = 0.95,
                        rng: np.random.Generator | int = 0) -> HDiff:
     """H(a) - H(b) over the datasets of ``a`` and ``b`` with its paired bootstrap percentile interval.
 
     ``rng``: a Generator (used as is) or a seed (default 0: the same interval on every call)."""
-    if replicates < 1:
-        raise ValueError(f"replicates must be >= 1, got {replicates}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_arguments(replicates, level)
     check_cells(a, b)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     (ba, na), (bb, nb) = averages(a), averages(b)
@@ -161,8 +180,97 @@ def paired_h_bootstrap(a: RowCells, b: RowCells, *, replicates: int = 2000, leve
     for start in range(0, replicates, chunk):
         idx = draw_indices(a, b, min(chunk, replicates - start), rng)
         stats.append(replicate_stats(a, b, idx)[:, 2])
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(np.concatenate(stats), [tail, 1.0 - tail])
-    return HDiff(d_base=ba - bb, d_new=na - nb, d_h=float(_h(ba, na) - _h(bb, nb)), low=float(low),
-                 high=float(high), level=level, replicates=replicates, hierarchies=_hierarchies(a, b),
+    low, high = _percentile_interval(stats, level)
+    return HDiff(d_base=ba - bb, d_new=na - nb, d_h=float(_h(ba, na) - _h(bb, nb)), low=low,
+                 high=high, level=level, replicates=replicates, hierarchies=_hierarchies(a, b),
                  seeds=sum(pair[0].shape[1] for pair in a.values()))
+
+
+# --------------------------------------------------------------------------- transfer: mean over targets
+
+# target -> correctness of shape (hierarchies, seeds, images); seed k is the same run on every target.
+TargetCells = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class MeanDiff(_Interval):
+    """Row a minus row b in accuracy averaged over the targets (percent), with its bootstrap interval."""
+
+    d: float
+    low: float
+    high: float
+    level: float
+    replicates: int
+    hierarchies: tuple[int, int]  # per row
+    seeds: int
+
+
+@dataclass(frozen=True)
+class TargetIndices:
+    """Resampling indices of a block of transfer replicates."""
+
+    hierarchies: tuple[np.ndarray, np.ndarray]  # per row: (B, hierarchies of the row)
+    seeds: np.ndarray  # (B, seeds), shared by every target
+    images: dict[str, np.ndarray]  # target -> (B, images)
+
+
+def check_target_cells(a: TargetCells, b: TargetCells) -> None:
+    """Refuse what cannot be paired: the same targets, and per target the same (seeds, images) for both
+    rows; each row's hierarchy count, and the seed count, the same on every target."""
+    if not a or set(a) != set(b):
+        raise ValueError(f"both rows need the same, non-empty targets; got {sorted(a)} and {sorted(b)}")
+    for row, cells in (("a", a), ("b", b)):
+        shapes = {t: np.shape(c) for t, c in cells.items()}
+        if any(len(s) != 3 or 0 in s for s in shapes.values()):
+            raise ValueError(f"row {row}: every cell must be a non-empty (hierarchies, seeds, images) array: {shapes}")
+        if len({s[:2] for s in shapes.values()}) != 1:
+            raise ValueError(f"row {row}: hierarchy or seed counts differ across targets: {shapes}")
+    for t in a:
+        if np.shape(a[t])[1:] != np.shape(b[t])[1:]:
+            raise ValueError(f"{t}: rows differ in (seeds, images): {np.shape(a[t])[1:]} vs {np.shape(b[t])[1:]}; "
+                             "paired runs need the same seeds and test images")
+
+
+def target_average(cells: TargetCells) -> float:
+    """A row's accuracy in percent: per target the mean over hierarchies x seeds x images, then the mean over
+    targets."""
+    return 100.0 * float(np.mean([np.mean(c) for c in cells.values()]))
+
+
+def draw_target_indices(a: TargetCells, b: TargetCells, n: int, rng: np.random.Generator) -> TargetIndices:
+    """Indices of ``n`` replicates: per row its hierarchies, the seeds, per target the images (targets sorted)."""
+    first_a, first_b = next(iter(a.values())), next(iter(b.values()))
+    hier = tuple(rng.integers(0, k, (n, k)) for k in (first_a.shape[0], first_b.shape[0]))
+    seeds = rng.integers(0, first_a.shape[1], (n, first_a.shape[1]))
+    images = {t: rng.integers(0, a[t].shape[2], (n, a[t].shape[2])) for t in sorted(a)}
+    return TargetIndices(hier, seeds, images)
+
+
+def target_replicate_stats(a: TargetCells, b: TargetCells, idx: TargetIndices) -> np.ndarray:
+    """(B,): the difference of the target-averaged accuracies (percent) of each replicate, by draw-count
+    weights as :func:`replicate_stats`."""
+    n = idx.seeds.shape[0]
+    sums = np.zeros((2, n))
+    w_h = [_counts(h, h.shape[1]) for h in idx.hierarchies]
+    w_s = _counts(idx.seeds, idx.seeds.shape[1])
+    for t in sorted(a):
+        w_i = _counts(idx.images[t], idx.images[t].shape[1])
+        for r, c in enumerate((a[t], b[t])):
+            per = c.reshape(-1, c.shape[2]).astype(float) @ w_i.T  # (hierarchies x seeds, B)
+            sums[r] += np.einsum("hsb,bh,bs->b", per.reshape(c.shape[0], c.shape[1], n), w_h[r], w_s) / c.size
+    return 100.0 * (sums[0] - sums[1]) / len(a)
+
+
+def paired_mean_bootstrap(a: TargetCells, b: TargetCells, *, replicates: int = 2000, level: float = 0.95,
+                          rng: np.random.Generator | int = 0) -> MeanDiff:
+    """Target-averaged accuracy of ``a`` minus that of ``b``, with its paired bootstrap percentile interval."""
+    _check_arguments(replicates, level)
+    check_target_cells(a, b)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    chunk = max(1, min(replicates, _CHUNK_NUMBERS // max(c.shape[2] for c in a.values())))
+    stats = [target_replicate_stats(a, b, draw_target_indices(a, b, min(chunk, replicates - start), rng))
+             for start in range(0, replicates, chunk)]
+    low, high = _percentile_interval(stats, level)
+    first_a, first_b = next(iter(a.values())), next(iter(b.values()))
+    return MeanDiff(d=target_average(a) - target_average(b), low=low, high=high, level=level,
+                    replicates=replicates, hierarchies=(first_a.shape[0], first_b.shape[0]), seeds=first_a.shape[1])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gramprompt.eval.metrics import harmonic_mean, mean_std
-from gramprompt.eval.significance import HDiff, RowCells, paired_h_bootstrap
+from gramprompt.eval.significance import HDiff, MeanDiff, RowCells, paired_h_bootstrap, paired_mean_bootstrap
 from gramprompt.runs import SUMMARY
 
 BASE2NEW = "base2new"
@@ -201,39 +201,52 @@ def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], data
     return _markdown(header, out)
 
 
-def _bits(summary: dict, split: str) -> np.ndarray | None:
-    """A run's per-image correctness on ``split`` as a bool array; None if the summary predates it."""
-    bits = (summary.get("correct") or {}).get(split)
+# Where a summary keeps per-image correctness: base-to-new splits, or a transfer run's source and targets.
+SPLIT_PARTS = (("base",), ("new",))
+
+
+def transfer_parts(targets: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    return (("source",), *(("targets", t) for t in targets))
+
+
+def _bits(summary: dict, part: tuple[str, ...]) -> np.ndarray | None:
+    """A run's per-image correctness at ``part`` of its ``correct`` record (e.g. ("base",) or ("targets",
+    "digits")) as a bool array; None if the summary predates it."""
+    bits = summary.get("correct") or {}
+    for key in part:
+        bits = bits.get(key) if isinstance(bits, dict) else None
     if not isinstance(bits, str) or not bits:
         return None
     codes = np.frombuffer(bits.encode("ascii", "replace"), dtype=np.uint8)
     if ((codes != ord("0")) & (codes != ord("1"))).any():
         raise ValueError(f"{summary.get('dataset')}/{row_label(summary)} seed {summary.get('seed')}: "
-                         f"'correct.{split}' must be a string of 0s and 1s")
+                         f"'correct.{'.'.join(part)}' must be a string of 0s and 1s")
     return codes == ord("1")
 
 
 def _row_cells(runs: Sequence[dict], label: str, datasets: Sequence[str], seeds: dict[str, list],
-               hs: list[int | None]) -> RowCells | str:
-    """dataset -> (base, new) correctness of shape (hierarchies ``hs``, ``seeds[dataset]``, images)."""
+               hs: list[int | None], parts: Sequence[tuple[str, ...]]) -> dict[str, tuple[np.ndarray, ...]] | str:
+    """dataset -> one correctness array per part, of shape (hierarchies ``hs``, ``seeds[dataset]``, images)."""
     out = {}
     for ds in datasets:
         by_key = {(hierarchy(s), s.get("seed")): s for s in _seed_group(runs, ds, label)}
-        pair = []
-        for split in ("base", "new"):
-            bits = [[_bits(by_key[h, k], split) for k in seeds[ds]] for h in hs]
+        arrays = []
+        for part in parts:
+            where = "/".join(part)
+            bits = [[_bits(by_key[h, k], part) for k in seeds[ds]] for h in hs]
             if any(b is None for row in bits for b in row):
-                return f"{label} on {ds}: runs without per-image correctness (summaries written before it was stored)"
+                return f"{label} on {ds}/{where}: runs without per-image correctness (summaries written before it was stored)"
             if len({b.size for row in bits for b in row}) != 1:
-                return f"{label} on {ds}/{split}: runs evaluated on different numbers of test images"
-            pair.append(np.array(bits))
-        out[ds] = (pair[0], pair[1])
+                return f"{label} on {ds}/{where}: runs evaluated on different numbers of test images"
+            arrays.append(np.array(bits))
+        out[ds] = tuple(arrays)
     return out
 
 
-def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str],
-                keep: int | None = None) -> tuple[RowCells, RowCells] | str:
-    """Both rows' correctness arrays over the repeats they can be paired on, or why there are none.
+def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str], keep: int | None = None,
+                parts: Sequence[tuple[str, ...]] = SPLIT_PARTS) -> tuple[RowCells, RowCells] | str:
+    """Both rows' correctness arrays (dataset -> one per part) over the repeats they can be paired on, or why
+    there are none.
 
     Each row keeps the hierarchies it has on every dataset; ``keep``: row ``a`` keeps that hierarchy only,
     and so does ``b`` if it has it. Each dataset keeps the seeds that both rows have on every kept hierarchy."""
@@ -257,14 +270,14 @@ def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str],
         seeds[ds] = sorted(set.intersection(*sets))
         if not seeds[ds]:
             return f"no seed of {ds} has runs of both rows"
-    cells = [_row_cells(runs, lb, datasets, seeds, hs[lb]) for lb in (a, b)]
+    cells = [_row_cells(runs, lb, datasets, seeds, hs[lb], parts) for lb in (a, b)]
     for c in cells:
         if isinstance(c, str):
             return c
     for ds in datasets:
-        for i, split in enumerate(("base", "new")):
+        for i, part in enumerate(parts):
             if cells[0][ds][i].shape[2] != cells[1][ds][i].shape[2]:
-                return f"{ds}/{split}: the rows were evaluated on different numbers of test images"
+                return f"{ds}/{'/'.join(part)}: the rows were evaluated on different numbers of test images"
     return cells[0], cells[1]
 
 
@@ -272,7 +285,7 @@ def _interval(d: HDiff) -> str:
     return f"{d.d_h:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
 
 
-def _holds(diffs: Sequence[HDiff | None]) -> str:
+def _holds(diffs: Sequence[HDiff | MeanDiff | None]) -> str:
     """'yes (> 0)' / 'yes (< 0)' if every per-hierarchy interval excludes 0 on the same side."""
     if not diffs or any(d is None for d in diffs):
         return "n/a"
@@ -343,6 +356,49 @@ def transfer_paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, st
         avg = f"**{mean_std(means)[0]:.2f}**" if means and len(means) == len(targets) else "–"
         out.append([title, *cells, avg])
     return _markdown(["Method", f"{source} (source)", *targets, "Average"], out)
+
+
+def transfer_significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[str, str, str, str]],
+                                source: str, targets: Sequence[str], *, replicates: int = 2000,
+                                level: float = 0.95, seed: int = 0) -> str:
+    """Tables 2-5's tests: each comparison ``(row label, row title, base label, base title)`` gives the row's
+    source accuracy and its accuracy averaged over ``targets`` minus the base row's, each with a paired
+    bootstrap interval (``eval.significance.paired_mean_bootstrap``), the target average also per hierarchy
+    of the row, and whether it holds on every hierarchy. Without per-image correctness: "–", and why."""
+    runs = [s for s in summaries if protocol(s) == TRANSFER]
+    parts = transfer_parts(targets)
+    pct = f"{100 * level:g}%"
+
+    def diffs(cells: tuple[RowCells, RowCells]) -> tuple[MeanDiff, MeanDiff]:
+        (a,), (b,) = cells[0].values(), cells[1].values()  # one dataset: the source
+        pair = [({"source": a[0]}, {"source": b[0]}), (dict(zip(targets, a[1:])), dict(zip(targets, b[1:])))]
+        return tuple(paired_mean_bootstrap(x, y, replicates=replicates, level=level, rng=seed) for x, y in pair)
+
+    def interval(d: MeanDiff) -> str:
+        return f"{d.d:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+
+    out, notes = [], []
+    for label, title, base, base_title in comparisons:
+        pooled = _pair_cells(runs, label, base, [source], parts=parts) if targets else "no targets"
+        if isinstance(pooled, str):
+            notes.append(f"{title} vs {base_title}: {pooled}")
+            out.append([title, base_title, "–", "–", "–", "n/a"])
+            continue
+        d_source, d_targets = diffs(pooled)
+        per: list[tuple[int, MeanDiff | None]] = []
+        for h in _hierarchies(s for s in runs if row_label(s) == label and s["dataset"] == source):
+            cells = _pair_cells(runs, label, base, [source], keep=h, parts=parts)
+            per.append((h, None if isinstance(cells, str) else diffs(cells)[1]))
+        per_cell = "; ".join(f"h{h}: {interval(x) if x else '–'}" for h, x in per) or "–"
+        out.append([title, base_title, interval(d_source), interval(d_targets), per_cell,
+                    _holds([x for _, x in per])])
+    header = ["Row", "vs", f"ΔSource [{pct} interval]", f"ΔAverage over targets [{pct} interval]",
+              f"per hierarchy ΔAverage [{pct} interval]", "holds on every hierarchy"]
+    legend = (f"Paired bootstrap, {replicates} replicates (seed {seed}), {pct} percentile intervals: each replicate "
+              f"resamples the test images of every target, the seeds (one tuned run per seed serves every "
+              f"target) and each row's CHC hierarchies; the statistic is the difference of the accuracies "
+              f"averaged over the targets (the Average column).")
+    return "\n\n".join([_markdown(header, out), legend, *(["Not tested: " + "; ".join(notes)] if notes else [])])
 
 
 def transfer_table(summaries: Sequence[dict]) -> str:

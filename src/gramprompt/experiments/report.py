@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..data.registry import spec_name
-from ..eval.table import paper_table, significance_table, transfer_paper_table
+from ..eval.table import paper_table, significance_table, transfer_paper_table, transfer_significance_table
 from .config import Experiment, Row
 from .runner import plan, summaries
 
@@ -22,13 +22,16 @@ def experiment_tables(exp: Experiment) -> str:
         rows = [by_label[label] for label in table.rows] if table.rows else list(exp.rows)
         pairs = [(r.label, r.title) for r in rows]
         columns = list(table.columns) or [spec_name(c) for c in exp.columns]
+        tests = comparisons(rows)
         if exp.protocol == "base2new":
             body = paper_table(runs, pairs, columns)
-            tests = comparisons(rows)
             if tests:
                 body += "\n\n" + significance_table(runs, tests, columns)
         else:
-            body = transfer_paper_table(runs, pairs, spec_name(exp.source), columns)
+            source = spec_name(exp.source)
+            body = transfer_paper_table(runs, pairs, source, columns)
+            if tests:
+                body += "\n\n" + transfer_significance_table(runs, tests, source, columns)
         parts.append(f"## {table.title}\n\n{body}")
     done = len(runs)  # one summary per finished run job (with several hierarchies, one per hierarchy and seed)
     total = sum(job.kind == "run" for job in plan(exp))

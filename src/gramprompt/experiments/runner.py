@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from ..backbones.registry import DTYPES, backbone_name, load_backbone, resolve_device
 from ..data.registry import load_dataset, spec_name
-from ..eval.protocols import FewShotConfig, base_to_new, check_classnames, run_config, target_accuracies, transfer
+from ..eval.evaluate import correct_bits
+from ..eval.metrics import accuracy_of
+from ..eval.protocols import FewShotConfig, base_to_new, check_classnames, run_config, target_correctness, transfer
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
 from ..meta.regulator import FORM_BEFORE_FORMS
@@ -294,8 +296,11 @@ class Worker:
         params = run.load_prompts()[0] if (job.out / "prompts.safetensors").is_file() else {}
         for spec in todo:
             method = build_method(fs.method, self.backbone, fs.prompt)
-            accs = target_accuracies(method, params, {spec_name(spec): self.dataset(spec)}, fs, cache=self.cache)
-            summary["targets"].update(accs)
+            name = spec_name(spec)
+            (ok,) = target_correctness(method, params, {name: self.dataset(spec)}, fs, cache=self.cache).values()
+            summary["targets"][name] = accuracy_of(ok)
+            if "correct" in summary:  # runs from before per-image correctness keep none: a part would mislead
+                summary["correct"]["targets"][name] = correct_bits(ok)
             run.write_summary(summary)  # after each target: a kill loses at most one
         return summary
 
