@@ -298,3 +298,17 @@ def test_tables_use_seed_averaged_base_and_new(tmp_path, tiny_clip_dir):
     table = experiment_tables(exp)
     assert "| coop | 60.00 | 40.00 | **48.00** |" in table  # H(60, 40) = 48, not the mean of per-seed H (40.0)
     assert "| zeroshot | – | – | – |" in table and "2 of 4 runs finished" in table
+
+
+def test_a_row_with_some_runs_finished_says_how_many(tmp_path, tiny_clip_dir):
+    exp = load_experiment(_tiny(tmp_path, tiny_clip_dir))
+    from gramprompt.experiments.runner import expected_run_config
+
+    job = next(j for j in plan(exp) if j.kind == "run" and j.row.label == "coop")
+    job.out.mkdir(parents=True)
+    (job.out / "config.yaml").write_text(yaml.safe_dump(expected_run_config(exp, job)))
+    (job.out / "summary.json").write_text(json.dumps({"protocol": "base2new", "dataset": "digits", "label": "coop",
+                                                      "method": "coop", "seed": job.seed, "shots": 2,
+                                                      "backbone": "x", "base": 50.0, "new": 50.0}))
+    table = experiment_tables(exp)
+    assert "| coop (1 of 2 runs) | 50.00 | 50.00 |" in table and "| zeroshot | – |" in table
