@@ -1,0 +1,179 @@
+"""Many few-shot runs of one method trained together: one text-encoder pass per step for all of them.
+
+A paper table is hundreds of small runs (seeds x rows x initializations) of one method on one dataset.
+Run one at a time, each step encodes C class prompts: a forward too small to use a CPU or a GPU well.
+Here R runs step together. For CoOp-like methods (learned context, frozen image features) the R contexts
+are stacked to (R, M, d) and spliced into the class prompts of every run at once, so one text-encoder
+forward gives every run's (C, D) text features; each run's images are scored against its own features,
+and one ``autograd.grad`` of the summed losses gives each run its own gradient (run r's loss depends on
+its context only). Other methods are stepped run by run inside the same loop (same results, no speed-up).
+
+Everything else stays per run, exactly as :func:`gramprompt.tuning.train.train_prompts` does it: the
+few-shot sample, the seeded data order and augmentation (views), the optimizer and its momentum, the lr
+schedule, the gradient transform (GRAM's R_phi*), the skip of non-finite steps, the per-epoch record and
+callbacks. A run that fails (too many skipped steps, an update that makes its prompts non-finite) gets its
+error in the result and stops; the others go on. ``train_prompts`` stays the one-run reference:
+``tests/test_multirun.py`` checks every run's parameters and records against it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.dataset import Sample
+from ..errors import NonFiniteError
+from ..finite import check_finite, check_rate, check_skipped, nonfinite
+from ..prompts.base import Batch, PromptMethod
+from .config import TuneConfig, lr_at_epoch
+from .features import FeatureCache, input_kind
+from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift
+
+CTX = "text_ctx"
+
+
+@dataclass
+class RunSpec:
+    """One run of a multi-run pass: what :func:`train_prompts` takes besides the method, class names and
+    schedule."""
+
+    init: Params
+    samples: Sequence[Sample]
+    seed: int
+    grad_transform: GradTransform | None = None
+    cache_key: tuple = ()
+    log: Callable[[dict], None] | None = None
+    on_epoch: Callable[[int, Params], None] | None = None
+
+
+def stacks_text_context(method: PromptMethod) -> bool:
+    """True where runs can share one text-encoder forward: CoOp-like methods (logits = frozen image
+    features against the text features of ``[SOS] text_ctx <name>. [EOT]``)."""
+    from ..meta.batched import supports_batched
+
+    return supports_batched(method)
+
+
+class _Run:
+    """The state of one run: parameters, optimizer, data, generators and the current epoch's totals."""
+
+    def __init__(self, method: PromptMethod, spec: RunSpec, cfg: TuneConfig, cache: FeatureCache | None):
+        self.spec, self.cfg = spec, cfg
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in spec.init.items()}
+        self.kind = input_kind(method)
+        if self.kind == "pixels":
+            self.images, self.labels = _decoded_images(spec.samples)
+            self.views = None
+        else:
+            self.views = _cached_views(method, spec.samples, cfg, spec.seed, cache, spec.cache_key, self.kind)
+            self.labels = self.views[0][1].cpu()
+        self.opt = torch.optim.SGD(list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.order_gen, self.aug_gen = _seeded(spec.seed, -1), _seeded(spec.seed, -2)
+        self.error: Exception | None = None
+        self.steps_done = self.steps_skipped = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def start_epoch(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.perm = torch.randperm(self.n, generator=self.order_gen)
+        self.steps = range(0, self.n, self.cfg.batch_size)
+        self.total_loss, self.correct, self.skipped = 0.0, 0, 0
+
+    def batch(self, method: PromptMethod, step: int, epoch: int) -> tuple[Batch, Tensor, int]:
+        """The ``step``-th batch of this epoch: inputs, labels and its size."""
+        device = method.backbone.device
+        idx = self.perm[self.steps[step]:self.steps[step] + self.cfg.batch_size]
+        y = self.labels[idx].to(device)
+        if self.views is None:
+            pixels = torch.stack([method.backbone.transform.train(self.images[i], self.aug_gen) for i in idx.tolist()])
+            return Batch(pixels=pixels.to(device)), y, len(idx)
+        cached = self.views[epoch % len(self.views)][0][idx.to(self.views[0][0].device)]
+        return (Batch(features=cached) if self.kind == "features" else Batch(stems=cached)), y, len(idx)
+
+    def apply(self, loss: Tensor, logits: Tensor, y: Tensor, size: int, grads: Params, epoch: int, lr: float) -> None:
+        """One optimizer step from this run's raw gradients, as ``train_prompts`` takes it."""
+        if self.spec.grad_transform is not None:
+            grads = self.spec.grad_transform(grads)
+        if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads.values()):
+            self.skipped += 1
+            return
+        for name, p in self.params.items():
+            p.grad = grads[name].to(p.dtype)
+        self.opt.step()
+        bad = nonfinite({k: v.detach() for k, v in self.params.items()})
+        if bad:
+            raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(bad)} non-finite "
+                                 f"(lr {lr:g}); lower --lr")
+        self.total_loss += loss.item() * size
+        self.correct += int((logits.argmax(-1) == y).sum())
+
+    def end_epoch(self, epoch: int, lr: float) -> None:
+        self.steps_done, self.steps_skipped = self.steps_done + len(self.steps), self.steps_skipped + self.skipped
+        record = {"epoch": epoch + 1, "lr": lr, "loss": self.total_loss / max(self.n, 1),
+                  "train_acc": 100.0 * self.correct / max(self.n, 1), "skipped_steps": self.skipped,
+                  "drift": drift(self.params, self.spec.init)}
+        if self.spec.log is not None:
+            self.spec.log(record)
+        if self.spec.on_epoch is not None:
+            self.spec.on_epoch(epoch + 1, self.params)
+
+
+def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str],
+            stack: bool) -> list[Tensor]:
+    """Each run's logits on its batch; with ``stack``, CoOp-like runs share one text-encoder forward."""
+    if stack and stacks_text_context(method) and all(b.features is not None for b in batches):
+        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)  # (R, C, D)
+        return [method._scores(b.features, text[i]) for i, b in enumerate(batches)]
+    return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
+
+
+def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[str], cfg: TuneConfig, *,
+               cache: FeatureCache | None = None, stack: bool = True) -> list[Params | Exception]:
+    """Tune every run of ``specs`` (labels index ``classnames``) with the schedule ``cfg``; per run, its
+    final parameters as :func:`train_prompts` returns them, or the error that stopped it.
+
+    ``stack=False`` steps CoOp-like runs one by one too: the same arithmetic as ``train_prompts``, bit for
+    bit, where the shared forward agrees with it up to float rounding (a check when results look off)."""
+    check_rate("the learning rate (--lr)", cfg.lr)
+    for spec in specs:
+        check_finite(spec.init, "the initial prompts")
+    runs = [_Run(method, spec, cfg, cache) if spec.init else None for spec in specs]  # None: nothing to tune
+    live = [r for r in runs if r is not None]
+    for epoch in range(cfg.epochs):
+        lr = lr_at_epoch(cfg, epoch)
+        for r in live:
+            r.start_epoch(lr)
+        for step in range(max((len(r.steps) for r in live), default=0)):
+            # a failed run stops; runs with fewer images finish their epoch first
+            active = [r for r in live if r.error is None and step < len(r.steps)]
+            batches = [r.batch(method, step, epoch) for r in active]
+            logits = _logits(method, active, [b for b, _, _ in batches], classnames, stack)
+            losses = [F.cross_entropy(lg, y) for lg, (_, y, _) in zip(logits, batches)]
+            leaves = [p for r in active for p in r.params.values()]
+            grads = iter(torch.autograd.grad(sum(losses), leaves))  # run r's loss depends on its parameters only
+            for r, loss, lg, (_, y, size) in zip(active, losses, logits, batches):
+                own = {name: next(grads) for name in r.params}
+                try:
+                    r.apply(loss.detach(), lg.detach(), y, size, own, epoch, lr)
+                except NonFiniteError as err:
+                    r.error = err
+        live = [r for r in live if r.error is None]
+        for r in live:
+            r.end_epoch(epoch, lr)
+    for r in live:
+        try:
+            check_skipped(r.steps_skipped, r.steps_done, MAX_SKIPPED, "prompt tuning",
+                          "Lower --lr, or check the --init prompts and the training images.")
+        except NonFiniteError as err:
+            r.error = err
+    return [{} if r is None else r.error if r.error is not None else {k: v.detach() for k, v in r.params.items()}
+            for r in runs]

@@ -1,0 +1,131 @@
+"""Many runs trained together (tuning.multirun) against train_prompts run alone, the one-run reference:
+the same parameters, records and callbacks per run (bit for bit when runs are stepped one by one, within
+float32 rounding when CoOp-like runs share one text-encoder forward), and a failing run that stops alone."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gramprompt.data.dataset import Sample
+from gramprompt.errors import NonFiniteError
+from gramprompt.prompts import build_method
+from gramprompt.tuning.config import TuneConfig
+from gramprompt.tuning.features import FeatureCache
+from gramprompt.tuning.multirun import RunSpec, stacks_text_context, train_many
+from gramprompt.tuning.train import train_prompts
+from tolerance import assert_fp32_close, hf_clip_tower
+
+NAMES = ["zero", "one", "two"]
+CFG = TuneConfig(epochs=2, batch_size=4, lr=0.05, warmup_epochs=1, feature_views=2)
+
+
+def _samples(n_per_class: int, seed: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    return [Sample(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), c) for c in range(3) for _ in range(n_per_class)]
+
+
+def _halve(grads):
+    return {k: 0.5 * v for k, v in grads.items()}
+
+
+def _specs(method, gen) -> list[RunSpec]:
+    """Three runs that differ in everything a run owns: init, sample (and its size: 12 or 6 images, so the
+    second run's epochs end a step early), seed and gradient transform."""
+    inits = [method.init_params(gen) for _ in range(3)]
+    return [RunSpec(inits[0], _samples(4, 0), seed=1, cache_key=("a",)),
+            RunSpec(inits[1], _samples(2, 1), seed=2, grad_transform=_halve, cache_key=("b",)),
+            RunSpec(inits[2], _samples(4, 2), seed=3, cache_key=("c",))]
+
+
+def _assert_close_to_alone(backbone, spec: RunSpec, out, ref, steps: int = CFG.epochs * 3) -> None:
+    """The shared forward's float32 rounding: per step the image features, the text tower's forward and
+    backward and the update (as tests/test_tuning.py's one step); the steps chain, and momentum 0.9 carries
+    a step's gradient error into the later updates up to 1 / (1 - 0.9) times, so the size of the updates
+    counts ten-fold beside the prompts' own."""
+    image, text = hf_clip_tower(backbone, "vision"), hf_clip_tower(backbone, "text", extra_depth=4)
+    moved = float((ref["text_ctx"] - spec.init["text_ctx"]).abs().max())
+    assert_fp32_close(out["text_ctx"], ref["text_ctx"], terms=max(image["terms"], text["terms"]),
+                      depth=steps * (image["depth"] + 2 * text["depth"] + 1),
+                      scale=float(spec.init["text_ctx"].abs().max()) + moved / (1 - CFG.momentum))
+
+
+def _alone(method, spec: RunSpec, cfg: TuneConfig = CFG):
+    records, epochs = [], []
+    out = train_prompts(method, spec.init, spec.samples, NAMES, cfg, seed=spec.seed, grad_transform=spec.grad_transform,
+                        cache=FeatureCache(method.backbone), cache_key=spec.cache_key, log=records.append,
+                        on_epoch=lambda e, p: epochs.append((e, {k: v.detach().clone() for k, v in p.items()})))
+    return out, records, epochs
+
+
+def _together(method, specs: list[RunSpec], cfg: TuneConfig = CFG, **kw):
+    records = [[] for _ in specs]
+    epochs = [[] for _ in specs]
+    with_logs = [RunSpec(s.init, s.samples, s.seed, s.grad_transform, s.cache_key, records[i].append,
+                         lambda e, p, i=i: epochs[i].append((e, {k: v.detach().clone() for k, v in p.items()})))
+                 for i, s in enumerate(specs)]
+    return train_many(method, with_logs, NAMES, cfg, cache=FeatureCache(method.backbone), **kw), records, epochs
+
+
+@pytest.mark.parametrize("name", ["coop", "vpt", "cocoop"])
+def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, name):
+    method = build_method(name, backbone)
+    specs = _specs(method, gen)
+    outs, records, epochs = _together(method, specs, stack=False)
+    for spec, out, rec, ep in zip(specs, outs, records, epochs):
+        ref, ref_rec, ref_ep = _alone(method, spec)
+        assert out.keys() == ref.keys() and all(torch.equal(out[k], ref[k]) for k in ref)
+        assert rec == ref_rec and [e for e, _ in ep] == [e for e, _ in ref_ep] == [1, 2]
+        assert all(torch.equal(p[k], q[k]) for (_, p), (_, q) in zip(ep, ref_ep) for k in p)
+    assert [len(r) for r in records] == [2, 2, 2] and records[1][0]["train_acc"] is not None
+
+
+def test_coop_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, gen):
+    coop = build_method("coop", backbone)
+    assert stacks_text_context(coop) and not stacks_text_context(build_method("cocoop", backbone))
+    specs = _specs(coop, gen)
+    calls = []
+    encode = backbone.encode_text_embeddings
+
+    def counting(embeds, lengths):
+        calls.append(embeds.shape[0])
+        return encode(embeds, lengths)
+
+    backbone.encode_text_embeddings = counting
+    try:
+        outs, records, _ = _together(coop, specs)
+    finally:
+        del backbone.encode_text_embeddings
+    # 2 epochs x 3 steps: 3 runs x 3 classes per forward, but 2 runs in each epoch's last step (run 2 has 6 images)
+    assert calls == [9, 9, 6] * 2
+    for spec, out, rec in zip(specs, outs, records):
+        ref, ref_rec, _ = _alone(coop, spec)
+        _assert_close_to_alone(backbone, spec, out, ref)
+        assert [r["epoch"] for r in rec] == [1, 2]
+        for r, q in zip(rec, ref_rec):
+            assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_a_failing_run_stops_alone(backbone, gen, stack):
+    coop = build_method("coop", backbone)
+    specs = _specs(coop, gen)
+    nan = RunSpec(specs[0].init, specs[0].samples, 1, lambda g: {k: v * float("nan") for k, v in g.items()}, ("a",))
+    outs, records, _ = _together(coop, [nan, specs[1], RunSpec({}, specs[0].samples, 4)], stack=stack)
+    assert isinstance(outs[0], NonFiniteError) and "6 of 6 steps" in str(outs[0])  # every step skipped
+    assert [r["skipped_steps"] for r in records[0]] == [3, 3]
+    assert outs[2] == {}
+    ref, ref_rec, _ = _alone(coop, specs[1])
+    if stack:
+        _assert_close_to_alone(backbone, specs[1], outs[1], ref)
+    else:
+        assert records[1] == ref_rec and torch.equal(outs[1]["text_ctx"], ref["text_ctx"])
+    # a finite gradient times a finite but huge lr overflows one run's prompts: its error, the other run goes on
+    cfg = TuneConfig(epochs=1, lr=1e38, momentum=0.0, weight_decay=0.0, warmup_epochs=0, batch_size=4, feature_views=2)
+    huge = RunSpec(specs[0].init, specs[0].samples, 1, lambda g: {k: v * 1e10 for k, v in g.items()}, ("a",))
+    still = RunSpec(specs[2].init, specs[2].samples, 3, lambda g: {k: torch.zeros_like(v) for k, v in g.items()}, ("c",))
+    outs, records, _ = _together(coop, [huge, still], cfg, stack=stack)
+    assert isinstance(outs[0], NonFiniteError) and "made text_ctx non-finite" in str(outs[0]) and records[0] == []
+    assert torch.equal(outs[1]["text_ctx"], specs[2].init["text_ctx"]) and [r["epoch"] for r in records[1]] == [1]
