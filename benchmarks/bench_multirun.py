@@ -1,0 +1,120 @@
+"""Benchmark: R CoOp-family few-shot runs trained together (``tuning.multirun.train_many``) vs one after another.
+
+A paper table is hundreds of small runs of one method on one dataset. One run's step encodes its C class
+prompts: a forward too small to keep the cores busy. ``train_many`` stacks the R runs' contexts and encodes
+all R x C prompts in one forward. The reference, timed in the same process, is the sequential loop the
+runner uses today: ``train_prompts`` once per run. Both start from the same cached image features (one
+shared ``FeatureCache``, filled by an untimed warm-up), so the table compares the tuning alone.
+
+Setting (the issue's): 12 CoOp-family runs on one dataset at CLIP ViT-B/16 size with random weights,
+half of them regulated by a random bounded R_phi (CoOp + GRAM's test-time update), each with its own
+seed, init and few-shot sample: 10 classes x 4 shots of synthetic 224x224 images, batch 4, 1 feature
+view, 2 epochs. Reported: the time of each way, the ratio, and the largest difference of the tuned
+prompts between the two ways (float rounding of the batched forward; a mistake would be O(the update)).
+
+    python benchmarks/bench_multirun.py            # ViT-B/16, a few minutes on 2 cores
+    python benchmarks/bench_multirun.py --quick    # smoke run (small preset), seconds
+
+Target (issue 16): >= 4x on 2 CPU cores for 12 CoOp runs. No assertion; run with ``--threads`` as needed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from _common import (CALTECH101_CLASSNAMES, add_common_args, describe_checkpoint, fmt_s, machine_info, markdown_table,
+                     random_checkpoint)
+
+TARGET = 4.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--runs", type=int, help="runs tuned together (default 12; 4 with --quick)")
+    parser.add_argument("--classes", type=int, help="classes (default 10; 5 with --quick)")
+    parser.add_argument("--shots", type=int, default=4, help="images per class and run (default 4)")
+    parser.add_argument("--batch-size", type=int, default=4, help="tuning batch size (default 4, the offline tables')")
+    parser.add_argument("--epochs", type=int, help="tuning epochs (default 2; 1 with --quick)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = args.preset or ("small" if args.quick else "vit-b-16")
+    n_runs = args.runs or (4 if args.quick else 12)
+    n_classes = args.classes or (5 if args.quick else 10)
+    epochs = args.epochs or (1 if args.quick else 2)
+    repeats = args.repeats or 1
+
+    from gramprompt.backbones import load_backbone
+    from gramprompt.data.dataset import Sample
+    from gramprompt.meta.regulator import RegulatorConfig, init_regulator, regulate
+    from gramprompt.prompts import build_method
+    from gramprompt.tuning.config import TuneConfig
+    from gramprompt.tuning.features import FeatureCache
+    from gramprompt.tuning.multirun import RunSpec, train_many
+    from gramprompt.tuning.train import train_prompts
+
+    classnames = CALTECH101_CLASSNAMES[:n_classes]
+    cfg = TuneConfig(epochs=epochs, batch_size=args.batch_size, warmup_epochs=0, feature_views=1)
+    with random_checkpoint(args.checkpoint, preset, args.seed) as (path, how):
+        backbone = load_backbone(f"hf:{path}")
+        coop = build_method("coop", backbone)
+        gen = torch.Generator().manual_seed(args.seed)
+        rng = np.random.default_rng(args.seed)
+        regulator = RegulatorConfig(form="bounded", weight_init_std=0.02)
+        specs = []
+        for r in range(n_runs):
+            init = coop.init_params(gen)
+            samples = [Sample(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), c)
+                       for c in range(n_classes) for _ in range(args.shots)]
+            transform = None
+            if r % 2:  # a random regulator: CoOp + GRAM's test-time update
+                phi = init_regulator(init, regulator, generator=gen)
+                transform = lambda g, phi=phi: regulate(phi, g, regulator)  # noqa: E731
+            specs.append(RunSpec(init, samples, seed=r + 1, grad_transform=transform, cache_key=("bench", r)))
+        cache = FeatureCache(backbone)
+        t0 = time.perf_counter()
+        for s in specs:  # fills the cache: the encoding is shared by both ways and not timed
+            train_prompts(coop, s.init, s.samples, classnames, TuneConfig(epochs=1, batch_size=len(s.samples),
+                          warmup_epochs=0, feature_views=1), seed=s.seed, cache=cache, cache_key=s.cache_key)
+        encode = time.perf_counter() - t0
+
+        def sequential():
+            return [train_prompts(coop, s.init, s.samples, classnames, cfg, seed=s.seed, grad_transform=s.grad_transform,
+                                  cache=cache, cache_key=s.cache_key) for s in specs]
+
+        def together():
+            return train_many(coop, specs, classnames, cfg, cache=cache)
+
+        times = {"sequential": [], "together": []}
+        results = {}
+        for _ in range(repeats):
+            for name, fn in (("sequential", sequential), ("together", together)):
+                t0 = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        seq, tog = (sorted(times[k])[len(times[k]) // 2] for k in ("sequential", "together"))
+        diff = max(float((a["text_ctx"] - b["text_ctx"]).abs().max())
+                   for a, b in zip(results["sequential"], results["together"]))
+        moved = max(float((a["text_ctx"] - s.init["text_ctx"]).abs().max()) for a, s in zip(results["sequential"], specs))
+
+    steps = epochs * -(-n_classes * args.shots // args.batch_size)
+    print(f"# Multi-run tuning: {n_runs} CoOp runs ({n_runs // 2} regulated) tuned together vs one after another\n")
+    print(machine_info())
+    print(f"backbone: {describe_checkpoint(path)} ({how}); {n_classes} classes x {args.shots} shots, batch "
+          f"{args.batch_size}, {epochs} epoch(s) = {steps} steps per run; {repeats} repeat(s), median; image "
+          f"encoding before timing: {fmt_s(encode)}\n")
+    print(markdown_table(
+        ["runs", "one after another (train_prompts)", "together (train_many)", "speed-up", "target",
+         "max |difference| of the tuned prompts", "largest update (for scale)"],
+        [[str(n_runs), fmt_s(seq), fmt_s(tog), f"{seq / tog:.2f}x", f">= {TARGET:g}x", f"{diff:.1e}", f"{moved:.1e}"]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
