@@ -312,3 +312,42 @@ def test_a_row_with_some_runs_finished_says_how_many(tmp_path, tiny_clip_dir):
                                                       "backbone": "x", "base": 50.0, "new": 50.0}))
     table = experiment_tables(exp)
     assert "| coop (1 of 2 runs) | 50.00 | 50.00 |" in table and "| zeroshot | – |" in table
+
+
+def test_runs_of_a_coop_like_row_are_tuned_together_and_equal_one_by_one(tiny_clip_dir, tmp_path):
+    from gramprompt.experiments.runner import batches, run_experiment, summaries
+
+    rows = [{"label": "zeroshot", "method": "zeroshot"}, {"label": "coop", "method": "coop"},
+            {"label": "coop-b", "method": "coop", "init_seed": 9}, {"label": "vpt", "method": "vpt"}]
+    together = load_experiment(_tiny(tmp_path / "a", tiny_clip_dir, rows=rows))
+    units = batches(together, [j for j in plan(together) if j.kind == "run"])
+    # both CoOp rows and both seeds share a pass; zero-shot and VPT (nothing to share) run alone
+    assert [[j.name for j in u] for u in units if len(u) > 1] == [
+        ["digits/coop/seed1", "digits/coop/seed2", "digits/coop-b/seed1", "digits/coop-b/seed2"]]
+    assert sum(len(u) == 1 for u in units) == 4
+    assert [len(u) for u in batches(together, [j for j in plan(together) if j.kind == "run"], max_runs=3)
+            if len(u) > 1] == [3]
+    run_experiment(together)
+    alone = load_experiment(_tiny(tmp_path / "b", tiny_clip_dir, rows=rows))
+    run_experiment(alone, max_batch_runs=1)
+    key = lambda s: (s["label"], s["seed"])  # noqa: E731
+    a, b = sorted(summaries(together), key=key), sorted(summaries(alone), key=key)
+    assert [key(s) for s in a] == [key(s) for s in b] and len(a) == 8
+    for x, y in zip(a, b):
+        assert x.get("runs_together", 1) == (4 if x["method"] == "coop" else 1) and "runs_together" not in y
+        assert (x["base"], x["new"], x["correct"]) == (y["base"], y["new"], y["correct"])
+    assert [job_status(together, j) for j in plan(together)] == [DONE] * 8  # written as one-by-one runs are
+
+
+def test_transfer_runs_tuned_together_evaluate_every_target(tiny_clip_dir, tmp_path):
+    from gramprompt.experiments.runner import summaries
+
+    cfg = _tiny(tmp_path, tiny_clip_dir, protocol="transfer", source="digits", targets=["digits"], datasets=[],
+                rows=[{"label": "coop", "method": "coop"}])
+    exp = load_experiment(cfg)
+    run_experiment(exp)
+    got = sorted(summaries(exp), key=lambda s: s["seed"])
+    assert [(s["seed"], s["runs_together"]) for s in got] == [(1, 2), (2, 2)]
+    for s in got:
+        bits = s["correct"]["targets"]["digits"]
+        assert s["targets"]["digits"] == 100.0 * bits.count("1") / len(bits)

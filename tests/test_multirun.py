@@ -14,7 +14,8 @@ from gramprompt.errors import NonFiniteError
 from gramprompt.prompts import build_method
 from gramprompt.tuning.config import TuneConfig
 from gramprompt.tuning.features import FeatureCache
-from gramprompt.tuning.multirun import RunSpec, stacks_text_context, train_many
+from gramprompt.prompts.coop import coop_like
+from gramprompt.tuning.multirun import RunSpec, train_many
 from gramprompt.tuning.train import train_prompts
 from tolerance import assert_fp32_close, hf_clip_tower
 
@@ -84,7 +85,7 @@ def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, 
 
 def test_coop_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, gen):
     coop = build_method("coop", backbone)
-    assert stacks_text_context(coop) and not stacks_text_context(build_method("cocoop", backbone))
+    assert coop_like(coop) and coop_like(type(coop)) and not coop_like(build_method("cocoop", backbone))
     specs = _specs(coop, gen)
     calls = []
     encode = backbone.encode_text_embeddings
@@ -129,3 +130,30 @@ def test_a_failing_run_stops_alone(backbone, gen, stack):
     outs, records, _ = _together(coop, [huge, still], cfg, stack=stack)
     assert isinstance(outs[0], NonFiniteError) and "made text_ctx non-finite" in str(outs[0]) and records[0] == []
     assert torch.equal(outs[1]["text_ctx"], specs[2].init["text_ctx"]) and [r["epoch"] for r in records[1]] == [1]
+
+
+def _fewshot(method: str, seed: int, **kw):
+    from gramprompt.eval.protocols import FewShotConfig
+
+    return FewShotConfig(method=method, shots=2, seed=seed, max_test_per_class=3,
+                         tune=TuneConfig(epochs=2, batch_size=4, warmup_epochs=1, feature_views=1), **kw)
+
+
+@pytest.mark.parametrize("method", ["coop", "vpt"])
+def test_base_to_new_many_gives_each_run_the_summary_of_base_to_new(backbone, method, tmp_path):
+    from gramprompt.data.registry import load_dataset
+    from gramprompt.eval.protocols import base_to_new, base_to_new_many
+    from gramprompt.runs import RunDir
+
+    digits = load_dataset("digits")
+    cfgs = [_fewshot(method, 1), _fewshot(method, 2), _fewshot(method, 1, init_seed=7, label=f"{method}-other")]
+    runs = [RunDir.create(tmp_path / f"run{i}", {"i": i}) for i in range(3)]
+    together = base_to_new_many(backbone, digits, cfgs, runs=runs)
+    for cfg, run, got in zip(cfgs, runs, together):
+        alone = base_to_new(backbone, digits, cfg)
+        assert got["runs_together"] == 3 and got["label"] == alone["label"] and got["seed"] == cfg.seed
+        same = ("base", "new", "h", "correct", "train_images", "init_seed", "method")
+        assert {k: got.get(k) for k in same} == {k: alone.get(k) for k in same}
+        assert run.read_summary()["correct"] == got["correct"] and (run.path / "prompts.safetensors").is_file()
+    with pytest.raises(ValueError, match="share every setting"):
+        base_to_new_many(backbone, digits, [_fewshot(method, 1), _fewshot("coop" if method == "vpt" else "vpt", 2)])

@@ -16,6 +16,7 @@ from .data.registry import load_dataset
 from .errors import USER_ERRORS, RunFolderError
 from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
 from .eval.table import render, zero_shot_table
+from .experiments.runner import MAX_BATCH_RUNS
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
@@ -171,7 +172,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                          ("datasets", a.datasets and f"[{', '.join(a.datasets)}]"),
                                          ("seeds", a.seeds and f"[{', '.join(map(str, a.seeds))}]")) if v]
     configs = [ABLATIONS[t] for t in a.tables] if a.ablations else DEMO
-    print(run_demo(demo_experiments(configs, [*overrides, *a.set], a.quick), jobs=a.jobs, device=a.device))
+    print(run_demo(demo_experiments(configs, [*overrides, *a.set], a.quick), jobs=a.jobs, device=a.device,
+                   max_batch_runs=a.max_batch_runs))
     return 0
 
 
@@ -189,7 +191,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             print(describe(exp))
             continue
         if a.action == "run":
-            run_experiment(exp, jobs=a.jobs, device=a.device)
+            run_experiment(exp, jobs=a.jobs, device=a.device, max_batch_runs=a.max_batch_runs)
         text = experiment_tables(exp)
         report = Path(exp.root) / f"{exp.name}.md"
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -468,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
+    p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
+                   help=f"few-shot runs of a CoOp-like row that differ only in seed and start are tuned "
+                        f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
     p.add_argument("--dry-run", action="store_true", help="with run: only list the jobs (same as plan)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(fn=cmd_experiment)
@@ -489,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a key of the configs (see gram experiment)")
         p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
+        p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
+                       help=f"few-shot runs of a CoOp-like row that differ only in seed and start are tuned "
+                            f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
         p.add_argument("--device", default=None)
         if ablations:
             p.add_argument("--tables", nargs="+", type=int, choices=[6, 7], default=[6, 7],

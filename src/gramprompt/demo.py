@@ -18,7 +18,7 @@ from .eval.protocols import zero_shot_all_classes
 from .eval.table import zero_shot_table
 from .experiments.config import Experiment, load_experiment
 from .experiments.report import experiment_tables
-from .experiments.runner import Worker, chc_dir, run_experiment
+from .experiments.runner import MAX_BATCH_RUNS, Worker, chc_dir, run_experiment
 
 DEMO = ("offline/base2new",)
 ABLATIONS = {6: "offline/ablations", 7: "offline/tokens"}
@@ -31,14 +31,15 @@ def demo_experiments(configs: Sequence[str] = DEMO, overrides: Sequence[str] = (
     return [load_experiment(c, [*(QUICK if quick else ()), *overrides]) for c in configs]
 
 
-def run_demo(experiments: list[Experiment], *, jobs: int = 1, device: str | None = None) -> str:
+def run_demo(experiments: list[Experiment], *, jobs: int = 1, device: str | None = None,
+             max_batch_runs: int = MAX_BATCH_RUNS) -> str:
     """Run the experiments (they share the backbone), then report CHC, zero-shot accuracy and their tables."""
     start = time.perf_counter()
     first = experiments[0]
     print(f"backbone {first.backbone}; configs {', '.join(e.name for e in experiments)}; root {first.root}", flush=True)
     worker = Worker(first, device)
     for exp in experiments:
-        run_experiment(exp, jobs=jobs, device=device, worker=worker)
+        run_experiment(exp, jobs=jobs, device=device, worker=worker, max_batch_runs=max_batch_runs)
     datasets = list(dict.fromkeys(d for e in experiments for d in e.datasets))
     max_test = first.fewshot.get("max_test_per_class")
     zs = [zero_shot_all_classes(worker.backbone, worker.dataset(d), max_per_class=max_test, cache=worker.cache)

@@ -16,6 +16,7 @@ from ..prompts import PromptConfig, PromptMethod, build_method, template_for
 from ..runs import RunDir, load_prompts
 from ..tuning.config import TuneConfig
 from ..tuning.features import FeatureCache
+from ..tuning.multirun import RunSpec, train_many
 from ..tuning.train import train_prompts
 from .evaluate import correct_bits, correctness, evaluate
 from .metrics import accuracy_of, harmonic_mean
@@ -82,27 +83,52 @@ def initial_params(method: PromptMethod, cfg: FewShotConfig) -> dict[str, Tensor
     return {k: stored[k].to(device=v.device, dtype=v.dtype) for k, v in fresh.items()}
 
 
-def _tune(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, run: RunDir | None,
-          cache: FeatureCache | None, part: str,
-          on_epoch: EpochHook | None = None) -> tuple[PromptMethod, dict[str, Tensor], int]:
-    method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
-    train = few_shot(dataset.train, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
-                     classnames=dataset.classnames)
-    transform = None
-    if cfg.init is not None and cfg.regulator:
-        from ..meta.checkpoint import regulated_grad_transform
+# What runs tuned together must share: everything but what makes each run its own (seed, start, label).
+OWN = ("seed", "init", "regulator", "init_seed", "label")
 
-        transform = regulated_grad_transform(cfg.init, backbone.device)
-    hook = None if on_epoch is None else (lambda epoch, params: on_epoch(method, epoch, params))
-    params = train_prompts(method, initial_params(method, cfg), train, dataset.classnames, cfg.tune,
-                           seed=cfg.seed, grad_transform=transform, cache=cache,
-                           cache_key=(dataset.name, part, cfg.shots), log=run.log if run is not None else None,
-                           on_epoch=hook)
-    if run is not None and params:
-        run.save_prompts(params, {"method": cfg.method, "backbone": backbone.name, "dataset": dataset.name,
-                                  "classnames": dataset.classnames, "shots": cfg.shots, "seed": cfg.seed,
-                                  "prompt": asdict(cfg.prompt)})
-    return method, params, len(train)
+
+def _shared(cfgs: list[FewShotConfig]) -> FewShotConfig:
+    """The settings ``cfgs`` share (the first); runs that differ in more than :data:`OWN` cannot step together."""
+    if not cfgs:
+        raise ValueError("no run to tune")
+    key = [{k: v for k, v in asdict(c).items() if k not in OWN} for c in cfgs]
+    if any(k != key[0] for k in key[1:]):
+        raise ValueError(f"runs tuned together must share every setting but {', '.join(OWN)}")
+    return cfgs[0]
+
+
+def _tune(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[FewShotConfig], runs: list[RunDir | None],
+          cache: FeatureCache | None, part: str, hooks: list[EpochHook | None],
+          together: bool) -> tuple[PromptMethod, list[tuple[dict[str, Tensor] | Exception, int]]]:
+    """Tune each run on its few shots of ``dataset``; per run its parameters (or, ``together``, the error
+    that stopped it alone) and its number of training images. One run alone goes through the reference
+    ``train_prompts``; ``together`` through ``train_many``."""
+    cfg = _shared(cfgs)
+    method = build_method(cfg.method, backbone, cfg.prompt, template=template_for(dataset.name))
+    specs = []
+    for c, run, hook in zip(cfgs, runs, hooks):
+        train = few_shot(dataset.train, c.shots, c.seed, allow_fewer=c.allow_fewer_shots, classnames=dataset.classnames)
+        transform = None
+        if c.init is not None and c.regulator:
+            from ..meta.checkpoint import regulated_grad_transform
+
+            transform = regulated_grad_transform(c.init, backbone.device)
+        specs.append(RunSpec(initial_params(method, c), train, c.seed, transform, (dataset.name, part, c.shots),
+                             run.log if run is not None else None,
+                             None if hook is None else (lambda epoch, params, hook=hook: hook(method, epoch, params))))
+    if together:
+        results = train_many(method, specs, dataset.classnames, cfg.tune, cache=cache)
+    else:
+        (s,) = specs
+        results = [train_prompts(method, s.init, s.samples, dataset.classnames, cfg.tune, seed=s.seed,
+                                 grad_transform=s.grad_transform, cache=cache, cache_key=s.cache_key, log=s.log,
+                                 on_epoch=s.on_epoch)]
+    for c, run, params in zip(cfgs, runs, results):
+        if run is not None and isinstance(params, dict) and params:
+            run.save_prompts(params, {"method": c.method, "backbone": backbone.name, "dataset": dataset.name,
+                                      "classnames": dataset.classnames, "shots": c.shots, "seed": c.seed,
+                                      "prompt": asdict(c.prompt)})
+    return method, [(params, len(s.samples)) for params, s in zip(results, specs)]
 
 
 def _test(dataset: ClassificationDataset, cfg: FewShotConfig) -> list:
@@ -122,24 +148,66 @@ def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotCon
     return out
 
 
-def _epoch_eval(cfg: FewShotConfig, run: RunDir | None, backbone: Backbone,
+def _epoch_eval(cfg: FewShotConfig, runs: list[RunDir | None], backbone: Backbone,
                 cache: FeatureCache | None) -> tuple[FeatureCache | None, bool]:
     """The cache to use and whether to evaluate after every epoch. Per-epoch evaluation goes through
     a FeatureCache (a fresh one if none was given) so text-only methods encode the test images once."""
     if not cfg.eval_every_epoch:
         return cache, False
-    if run is None:
+    if any(run is None for run in runs):
         raise ValueError("eval_every_epoch logs to a run folder's metrics.jsonl: give a run")
     return (cache if cache is not None else FeatureCache(backbone)), True
+
+
+def _finish(cfgs: list[FewShotConfig], runs: list[RunDir | None], tuned: list, start: float,
+            summarize: Callable[[FewShotConfig, dict[str, Tensor], int], dict]) -> list[dict | Exception]:
+    """Evaluate and write each tuned run; its ``seconds`` are its share of the joint tuning and its own
+    evaluation (a run tuned alone: its whole time, as before)."""
+    share = (time.perf_counter() - start) / len(cfgs)
+    out: list[dict | Exception] = []
+    for cfg, run, (params, n_train) in zip(cfgs, runs, tuned):
+        if isinstance(params, Exception):
+            out.append(params)
+            continue
+        t0 = time.perf_counter()
+        summary = summarize(cfg, params, n_train)
+        summary["seconds"] = share + time.perf_counter() - t0
+        if len(cfgs) > 1:
+            summary["runs_together"] = len(cfgs)
+        if run is not None:
+            run.write_summary(summary)
+        out.append(summary)
+    return out
+
+
+def _one(results: list[dict | Exception]) -> dict:
+    (result,) = results
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, *,
                 run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
     """Tune on the base classes' few shots; accuracy on the base and new classes' test images."""
+    return _one(_base_to_new(backbone, dataset, [cfg], [run], cache, together=False))
+
+
+def base_to_new_many(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[FewShotConfig], *,
+                     runs: list[RunDir | None] | None = None, cache: FeatureCache | None = None) -> list[dict | Exception]:
+    """:func:`base_to_new` for runs that differ only in seed, start and label (e.g. a row's seeds, or CoOp
+    and CoOp + GRAM), tuned together by ``tuning.multirun.train_many``: per run its summary, or the error
+    that stopped it (the others go on)."""
+    return _base_to_new(backbone, dataset, cfgs, runs or [None] * len(cfgs), cache, together=True)
+
+
+def _base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[FewShotConfig],
+                 runs: list[RunDir | None], cache: FeatureCache | None, together: bool) -> list[dict | Exception]:
     start = time.perf_counter()
+    cfg = _shared(cfgs)
     base, new = base_new_split(dataset)
     check_classnames(backbone, cfg, [dataset])
-    cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
+    cache, per_epoch = _epoch_eval(cfg, runs, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
     def corrects(method: PromptMethod, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -148,30 +216,47 @@ def base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShot
                 correctness(method, params, _test(new, cfg), new.classnames, batch_size=bs, cache=cache,
                             cache_key=(dataset.name, "new", cfg.max_test_per_class)))
 
-    def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
-        b, n = corrects(method, params)
-        run.log({"epoch": epoch, "test_base": accuracy_of(b), "test_new": accuracy_of(n)})
+    def epoch_logger(run: RunDir) -> EpochHook:
+        def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
+            b, n = corrects(method, params)
+            run.log({"epoch": epoch, "test_base": accuracy_of(b), "test_new": accuracy_of(n)})
+        return log_epoch
 
-    method, params, n_train = _tune(backbone, base, cfg, run, cache, "base", log_epoch if per_epoch else None)
-    ok_base, ok_new = corrects(method, params)
-    acc_base, acc_new = accuracy_of(ok_base), accuracy_of(ok_new)
-    # Per-image correctness (test subsets are seeded, the same for every run of a dataset): paired tests.
-    summary = {**_summary(backbone, dataset, cfg, "base2new"), "base": acc_base, "new": acc_new,
-               "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
-               "base_classes": base.num_classes, "new_classes": new.num_classes,
-               "correct": {"base": correct_bits(ok_base), "new": correct_bits(ok_new)},
-               "seconds": time.perf_counter() - start}
-    if run is not None:
-        run.write_summary(summary)
-    return summary
+    method, tuned = _tune(backbone, base, cfgs, runs, cache, "base",
+                          [epoch_logger(r) if per_epoch else None for r in runs], together)
+
+    def summarize(c: FewShotConfig, params: dict[str, Tensor], n_train: int) -> dict:
+        ok_base, ok_new = corrects(method, params)
+        acc_base, acc_new = accuracy_of(ok_base), accuracy_of(ok_new)
+        # Per-image correctness (test subsets are seeded, the same for every run of a dataset): paired tests.
+        return {**_summary(backbone, dataset, c, "base2new"), "base": acc_base, "new": acc_new,
+                "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
+                "base_classes": base.num_classes, "new_classes": new.num_classes,
+                "correct": {"base": correct_bits(ok_base), "new": correct_bits(ok_new)}}
+
+    return _finish(cfgs, runs, tuned, start, summarize)
 
 
 def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[ClassificationDataset],
              cfg: FewShotConfig, *, run: RunDir | None = None, cache: FeatureCache | None = None) -> dict:
     """Tune on all classes of ``source``; zero-shot accuracy on each target with its own class names."""
+    return _one(_transfer(backbone, source, targets, [cfg], [run], cache, together=False))
+
+
+def transfer_many(backbone: Backbone, source: ClassificationDataset, targets: list[ClassificationDataset],
+                  cfgs: list[FewShotConfig], *, runs: list[RunDir | None] | None = None,
+                  cache: FeatureCache | None = None) -> list[dict | Exception]:
+    """:func:`transfer` for runs tuned together (see :func:`base_to_new_many`)."""
+    return _transfer(backbone, source, targets, cfgs, runs or [None] * len(cfgs), cache, together=True)
+
+
+def _transfer(backbone: Backbone, source: ClassificationDataset, targets: list[ClassificationDataset],
+              cfgs: list[FewShotConfig], runs: list[RunDir | None], cache: FeatureCache | None,
+              together: bool) -> list[dict | Exception]:
     start = time.perf_counter()
+    cfg = _shared(cfgs)
     check_classnames(backbone, cfg, [source, *targets])
-    cache, per_epoch = _epoch_eval(cfg, run, backbone, cache)
+    cache, per_epoch = _epoch_eval(cfg, runs, backbone, cache)
     bs = cfg.tune.eval_batch_size
 
     def corrects(method: PromptMethod, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -179,22 +264,25 @@ def transfer(backbone: Backbone, source: ClassificationDataset, targets: list[Cl
                                 cache_key=(source.name, "all", cfg.max_test_per_class))
         return ok_source, target_correctness(method, params, {t.name: t for t in targets}, cfg, cache=cache)
 
-    def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
-        s, t = corrects(method, params)
-        run.log({"epoch": epoch, "test_source": accuracy_of(s),
-                 "test_targets": {name: accuracy_of(ok) for name, ok in t.items()}})
+    def epoch_logger(run: RunDir) -> EpochHook:
+        def log_epoch(method: PromptMethod, epoch: int, params: dict[str, Tensor]) -> None:
+            s, t = corrects(method, params)
+            run.log({"epoch": epoch, "test_source": accuracy_of(s),
+                     "test_targets": {name: accuracy_of(ok) for name, ok in t.items()}})
+        return log_epoch
 
-    method, params, n_train = _tune(backbone, source, cfg, run, cache, "all", log_epoch if per_epoch else None)
-    ok_source, ok_targets = corrects(method, params)
-    summary = {**_summary(backbone, source, cfg, "transfer"), "source": accuracy_of(ok_source),
-               "targets": {name: accuracy_of(ok) for name, ok in ok_targets.items()},
-               "train_images": n_train,
-               "correct": {"source": correct_bits(ok_source),
-                           "targets": {name: correct_bits(ok) for name, ok in ok_targets.items()}},
-               "seconds": time.perf_counter() - start}
-    if run is not None:
-        run.write_summary(summary)
-    return summary
+    method, tuned = _tune(backbone, source, cfgs, runs, cache, "all",
+                          [epoch_logger(r) if per_epoch else None for r in runs], together)
+
+    def summarize(c: FewShotConfig, params: dict[str, Tensor], n_train: int) -> dict:
+        ok_source, ok_targets = corrects(method, params)
+        return {**_summary(backbone, source, c, "transfer"), "source": accuracy_of(ok_source),
+                "targets": {name: accuracy_of(ok) for name, ok in ok_targets.items()},
+                "train_images": n_train,
+                "correct": {"source": correct_bits(ok_source),
+                            "targets": {name: correct_bits(ok) for name, ok in ok_targets.items()}}}
+
+    return _finish(cfgs, runs, tuned, start, summarize)
 
 
 def target_correctness(method: PromptMethod, params: dict[str, Tensor], targets: dict[str, ClassificationDataset],

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import time
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from ..backbones.registry import DTYPES, backbone_name, load_backbone, resolve_d
 from ..data.registry import load_dataset, spec_name
 from ..eval.evaluate import correct_bits
 from ..eval.metrics import accuracy_of
-from ..eval.protocols import FewShotConfig, base_to_new, check_classnames, run_config, target_correctness, transfer
+from ..eval.protocols import (OWN, FewShotConfig, base_to_new, base_to_new_many, check_classnames, run_config,
+                              target_correctness, transfer, transfer_many)
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
 from ..meta.regulator import FORM_BEFORE_FORMS
 from ..meta.trainer import MetaConfig
-from ..prompts import PromptConfig, build_method
+from ..prompts import METHODS, PromptConfig, build_method
+from ..prompts.coop import coop_like
 from ..tuning.features import FeatureCache
 from ..workers import process_pool
 from .config import Experiment, Row
@@ -269,24 +272,54 @@ class Worker:
         tqdm.write(f"meta-trained {job.name}: {state.iteration} iterations ({time.perf_counter() - start:.0f} s)")
 
     def run(self, job: Job) -> dict:
+        fs, run = self._prepare(job)
+        if run is None:  # tuned already: done, or a transfer run with targets to add
+            return read_summary(job.out) if self.exp.protocol == "base2new" else self._targets(job, fs)
+        if self.exp.protocol == "base2new":
+            return base_to_new(self.backbone, self.dataset(job.column), fs, run=run, cache=self.cache)
+        self._check_targets(fs)
+        transfer(self.backbone, self.dataset(job.column), [], fs, run=run, cache=self.cache)
+        return self._targets(job, fs)
+
+    def run_many(self, jobs: list[Job]) -> list[tuple[Job, dict]]:
+        """Runs of one column that differ only in seed, start and label (:func:`batches`), tuned together
+        (``tuning.multirun``); each run's folder as :meth:`run` writes it. A run that fails stops alone: the
+        others are written, then its error is raised."""
+        exp = self.exp
+        prepared = [(job, *self._prepare(job)) for job in jobs]
+        if any(run is None for _, _, run in prepared):
+            raise ValueError("run_many tunes runs afresh; a finished or partial run goes through run()")
+        cfgs, runs = [fs for _, fs, _ in prepared], [run for _, _, run in prepared]
+        if exp.protocol == "base2new":
+            results = base_to_new_many(self.backbone, self.dataset(jobs[0].column), cfgs, runs=runs, cache=self.cache)
+        else:
+            self._check_targets(cfgs[0])
+            results = transfer_many(self.backbone, self.dataset(jobs[0].column), [], cfgs, runs=runs, cache=self.cache)
+        failed = [(job, r) for job, r in zip(jobs, results) if isinstance(r, Exception)]
+        if failed:
+            job, err = failed[0]
+            raise type(err)(f"{job.name}: {err}") from err
+        if exp.protocol == "base2new":
+            return list(zip(jobs, results))
+        return [(job, self._targets(job, fs)) for job, fs, _ in prepared]
+
+    def _prepare(self, job: Job) -> tuple[FewShotConfig, RunDir | None]:
+        """The run's settings, and a fresh run folder if it has to be tuned (None: tuned already)."""
         exp = self.exp
         config = expected_run_config(exp, job)
         if config is None:
             raise FileNotFoundError(f"{job.name}: checkpoint of variant {job.row.variant!r} is missing")
         fs = exp.fewshot_config(job.row, job.seed, config.get("init"))
         status = job_status(exp, job)
-        if status == DONE:
-            return read_summary(job.out)
-        if status != PARTIAL or not is_finished(job.out):  # unfinished or other settings: start afresh
-            if job.out.exists():
-                shutil.rmtree(job.out)
-            run = RunDir.create(job.out, config)
-            if exp.protocol == "base2new":
-                return base_to_new(self.backbone, self.dataset(job.column), fs, run=run, cache=self.cache)
-            targets = [self.dataset(t) for t in exp.targets]  # evaluated after tuning: check their names first
-            check_classnames(self.backbone, fs, targets)
-            transfer(self.backbone, self.dataset(job.column), [], fs, run=run, cache=self.cache)
-        return self._targets(job, fs)
+        if status == DONE or (status == PARTIAL and is_finished(job.out)):
+            return fs, None
+        if job.out.exists():  # unfinished or other settings: start afresh
+            shutil.rmtree(job.out)
+        return fs, RunDir.create(job.out, config)
+
+    def _check_targets(self, fs: FewShotConfig) -> None:
+        """The targets are evaluated after tuning: check their class names first."""
+        check_classnames(self.backbone, fs, [self.dataset(t) for t in self.exp.targets])
 
     def _targets(self, job: Job, fs: FewShotConfig) -> dict:
         """Evaluate the tuned prompts on the targets the summary lacks (targets can be added later)."""
@@ -314,8 +347,39 @@ def _init_worker(exp: Experiment, device: str | None, threads: int) -> None:
     _WORKER = Worker(exp, device)
 
 
-def _pool_job(job: Job) -> tuple[Job, dict | None]:
-    return job, getattr(_WORKER, job.kind)(job)
+def _pool_job(job: Job | list[Job]) -> list[tuple[Job, dict | None]]:
+    return _do(_WORKER, job)
+
+
+def _do(worker: Worker, unit: Job | list[Job]) -> list[tuple[Job, dict | None]]:
+    """A job, or a batch of runs tuned together; (job, result) for each."""
+    if isinstance(unit, list):
+        return worker.run_many(unit) if len(unit) > 1 else [(unit[0], worker.run(unit[0]))]
+    return [(unit, getattr(worker, unit.kind)(unit))]
+
+
+# Runs tuned together at most (``--max-batch-runs``): the joint step's memory grows with it (R x C text
+# sequences), and a failed batch is redone whole; 16 keeps a CoOp batch's activations small on the default
+# backbone and CLIP ViT-B/16 alike while giving the text encoder forwards 16 times wider.
+MAX_BATCH_RUNS = 16
+
+
+def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) -> list[list[Job]]:
+    """The run jobs grouped into batches tuned together: runs of one column whose few-shot settings differ
+    only in seed, start and label, of a CoOp-like method (where one text-encoder forward serves them all;
+    other methods gain nothing and run alone), that must be tuned (not a finished transfer run that lacks
+    targets), at most ``max_runs`` per batch. Every other run is a batch of one."""
+    if max_runs < 1:
+        raise ValueError(f"--max-batch-runs must be >= 1, got {max_runs}")
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        config = expected_run_config(exp, job)
+        fs = exp.fewshot_config(job.row, job.seed, config.get("init")) if config is not None else None
+        alone = (fs is None or not coop_like(METHODS[fs.method]) or max_runs == 1
+                 or (job_status(exp, job) == PARTIAL and is_finished(job.out)))
+        key = (id(job),) if alone else (job.column, repr({k: v for k, v in asdict(fs).items() if k not in OWN}))
+        groups.setdefault(key, []).append(job)
+    return [group[i:i + max_runs] for group in groups.values() for i in range(0, len(group), max_runs)]
 
 
 def _line(job: Job, s: dict | None) -> str:
@@ -328,10 +392,11 @@ def _line(job: Job, s: dict | None) -> str:
 
 
 def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
-                   worker: Worker | None = None) -> None:
+                   worker: Worker | None = None, max_batch_runs: int = MAX_BATCH_RUNS) -> None:
     """Do every job that is not done. CHC runs in this process; meta-training and few-shot runs go to
-    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads). Missing inputs
-    fail before any job starts, not after the datasets before them have run."""
+    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads). Few-shot runs
+    that can share a pass are tuned together, ``max_batch_runs`` at most (:func:`batches`; 1: one by one).
+    Missing inputs fail before any job starts, not after the datasets before them have run."""
     exp.check_inputs()
     for kind in ("chc", "meta", "run"):  # statuses are read after the previous stage: a new checkpoint makes runs stale
         todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
@@ -340,17 +405,24 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
         for job in todo if kind == "meta" and exp.hierarchy is not None else ():
             if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
                 raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
-        if jobs <= 1 or kind == "chc" or len(todo) == 1:
+        units = batches(exp, todo, max_batch_runs) if kind == "run" else todo
+        if jobs <= 1 or kind == "chc" or len(units) == 1:
             worker = worker or Worker(exp, device)
-            for job in tqdm(todo, desc=f"{exp.name}: {kind}", disable=len(todo) < 2):
-                tqdm.write(_line(job, getattr(worker, kind)(job)))
+            with tqdm(total=len(todo), desc=f"{exp.name}: {kind}", disable=len(todo) < 2) as bar:
+                for unit in units:
+                    for job, result in _do(worker, unit):
+                        tqdm.write(_line(job, result))
+                        bar.update()
             continue
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with process_pool(min(jobs, len(todo)), _init_worker, (exp, device, threads)) as pool:  # die with us
-            futures = [pool.submit(_pool_job, j) for j in todo]
+        with process_pool(min(jobs, len(units)), _init_worker, (exp, device, threads)) as pool:  # die with us
+            futures = [pool.submit(_pool_job, u) for u in units]
             try:
-                for f in tqdm(futures, desc=f"{exp.name}: {kind} ({jobs} processes)"):
-                    tqdm.write(_line(*f.result()))
+                with tqdm(total=len(todo), desc=f"{exp.name}: {kind} ({jobs} processes)") as bar:
+                    for f in as_completed(futures):
+                        for job, result in f.result():
+                            tqdm.write(_line(job, result))
+                            bar.update()
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

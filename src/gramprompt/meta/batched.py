@@ -22,17 +22,15 @@ from torch import Tensor
 from gramprompt.meta.regulator import RegulatorConfig, as_regulator, regulate
 from gramprompt.meta.step import Params, StepStats, TaskData, second_order_context
 from gramprompt.prompts.base import PromptMethod
-from gramprompt.prompts.coop import CoOp
+from gramprompt.prompts.coop import coop_like
 from gramprompt.prompts.text import ClassNameTokens, splice_rows
 
 CTX = "text_ctx"
 
 
 def supports_batched(method: PromptMethod) -> bool:
-    """True for CoOp-like methods: logits = frozen image features scored against the text features
-    of ``[SOS] text_ctx <name>. [EOT]`` (CoOp's own ``logits``, subclasses that keep it included)."""
-    return (isinstance(method, CoOp) and type(method).logits is CoOp.logits
-            and not method.uses_pixels and not method.text_per_image)
+    """True for CoOp-like methods (:func:`gramprompt.prompts.coop.coop_like`)."""
+    return coop_like(method)
 
 
 def _stack_tokens(method: PromptMethod, tasks: list[TaskData]) -> ClassNameTokens:

@@ -16,3 +16,11 @@ class CoOp(PromptMethod):
 
     def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
         return self._scores(self._image_features(batch), self._context_text_features(params["text_ctx"], classnames))
+
+
+def coop_like(method: PromptMethod | type[PromptMethod]) -> bool:
+    """True for CoOp and subclasses that keep its ``logits``: frozen image features scored against the text
+    features of ``[SOS] text_ctx <name>. [EOT]``, so several contexts (tasks, runs) can share one text-encoder
+    forward (the batched meta-step, the multi-run tuner). Takes a method or its class."""
+    cls = method if isinstance(method, type) else type(method)
+    return issubclass(cls, CoOp) and cls.logits is CoOp.logits and not cls.uses_pixels and not cls.text_per_image

@@ -29,6 +29,7 @@ from ..data.dataset import Sample
 from ..errors import NonFiniteError
 from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
+from ..prompts.coop import coop_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
 from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift
@@ -48,14 +49,6 @@ class RunSpec:
     cache_key: tuple = ()
     log: Callable[[dict], None] | None = None
     on_epoch: Callable[[int, Params], None] | None = None
-
-
-def stacks_text_context(method: PromptMethod) -> bool:
-    """True where runs can share one text-encoder forward: CoOp-like methods (logits = frozen image
-    features against the text features of ``[SOS] text_ctx <name>. [EOT]``)."""
-    from ..meta.batched import supports_batched
-
-    return supports_batched(method)
 
 
 class _Run:
@@ -130,7 +123,7 @@ class _Run:
 def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str],
             stack: bool) -> list[Tensor]:
     """Each run's logits on its batch; with ``stack``, CoOp-like runs share one text-encoder forward."""
-    if stack and stacks_text_context(method) and all(b.features is not None for b in batches):
+    if stack and coop_like(method) and all(b.features is not None for b in batches):
         text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)  # (R, C, D)
         return [method._scores(b.features, text[i]) for i, b in enumerate(batches)]
     return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
