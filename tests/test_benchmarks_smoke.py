@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["bench_text_truncation.py", "bench_feature_cache.py"])
+@pytest.mark.parametrize("script", ["bench_text_truncation.py", "bench_feature_cache.py", "bench_multirun.py"])
 def test_benchmark_prints_its_table(script, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--checkpoint", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
