@@ -15,7 +15,7 @@ from gramprompt.prompts import build_method
 from gramprompt.tuning.config import TuneConfig
 from gramprompt.tuning.features import FeatureCache
 from gramprompt.prompts.coop import coop_like
-from gramprompt.tuning.multirun import RunSpec, train_many
+from gramprompt.tuning.multirun import RunSpec, steps_together, train_many
 from gramprompt.tuning.train import train_prompts
 from tolerance import assert_fp32_close, hf_clip_tower
 
@@ -45,12 +45,14 @@ def _assert_close_to_alone(backbone, spec: RunSpec, out, ref, steps: int = CFG.e
     """The shared forward's float32 rounding: per step the image features, the text tower's forward and
     backward and the update (as tests/test_tuning.py's one step); the steps chain, and momentum 0.9 carries
     a step's gradient error into the later updates up to 1 / (1 - 0.9) times, so the size of the updates
-    counts ten-fold beside the prompts' own."""
+    counts ten-fold beside the parameters' own."""
     image, text = hf_clip_tower(backbone, "vision"), hf_clip_tower(backbone, "text", extra_depth=4)
-    moved = float((ref["text_ctx"] - spec.init["text_ctx"]).abs().max())
-    assert_fp32_close(out["text_ctx"], ref["text_ctx"], terms=max(image["terms"], text["terms"]),
-                      depth=steps * (image["depth"] + 2 * text["depth"] + 1),
-                      scale=float(spec.init["text_ctx"].abs().max()) + moved / (1 - CFG.momentum))
+    assert out.keys() == ref.keys()
+    for k in ref:
+        moved = float((ref[k] - spec.init[k]).abs().max())
+        assert_fp32_close(out[k], ref[k], terms=max(image["terms"], text["terms"]),
+                          depth=steps * (image["depth"] + 2 * text["depth"] + 1),
+                          scale=float(spec.init[k].abs().max()) + moved / (1 - CFG.momentum), msg=k)
 
 
 def _alone(method, spec: RunSpec, cfg: TuneConfig = CFG):
@@ -83,10 +85,12 @@ def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, 
     assert [len(r) for r in records] == [2, 2, 2] and records[1][0]["train_acc"] is not None
 
 
-def test_coop_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, gen):
-    coop = build_method("coop", backbone)
-    assert coop_like(coop) and coop_like(type(coop)) and not coop_like(build_method("cocoop", backbone))
-    specs = _specs(coop, gen)
+@pytest.mark.parametrize("name", ["coop", "cocoop"])
+def test_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, gen, name):
+    method = build_method(name, backbone)
+    assert steps_together(method) and not steps_together(build_method("vpt", backbone))
+    assert coop_like(method) == (name == "coop") and coop_like(type(method)) == (name == "coop")
+    specs = _specs(method, gen)
     calls = []
     encode = backbone.encode_text_embeddings
 
@@ -96,13 +100,15 @@ def test_coop_runs_share_one_text_forward_and_agree_within_float_rounding(backbo
 
     backbone.encode_text_embeddings = counting
     try:
-        outs, records, _ = _together(coop, specs)
+        outs, records, _ = _together(method, specs)
     finally:
         del backbone.encode_text_embeddings
-    # 2 epochs x 3 steps: 3 runs x 3 classes per forward, but 2 runs in each epoch's last step (run 2 has 6 images)
-    assert calls == [9, 9, 6] * 2
+    # 2 epochs x 3 steps, 3 classes: CoOp one prompt per run and class, CoCoOp one per image and class (batch 4);
+    # run 2 has 6 images: 2 in its second step, and it is out of each epoch's third
+    per_step = [3 * 3, 3 * 3, 3 * 2] if name == "coop" else [3 * (4 + 4 + 4), 3 * (4 + 2 + 4), 3 * (4 + 4)]
+    assert calls == per_step * 2
     for spec, out, rec in zip(specs, outs, records):
-        ref, ref_rec, _ = _alone(coop, spec)
+        ref, ref_rec, _ = _alone(method, spec)
         _assert_close_to_alone(backbone, spec, out, ref)
         assert [r["epoch"] for r in rec] == [1, 2]
         for r, q in zip(rec, ref_rec):

@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
     p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
-                   help=f"few-shot runs of a CoOp-like row that differ only in seed and start are tuned "
+                   help=f"few-shot runs of a CoOp or CoCoOp row that differ only in seed and start are tuned "
                         f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
     p.add_argument("--dry-run", action="store_true", help="with run: only list the jobs (same as plan)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a key of the configs (see gram experiment)")
         p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
         p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
-                       help=f"few-shot runs of a CoOp-like row that differ only in seed and start are tuned "
+                       help=f"few-shot runs of a CoOp or CoCoOp row that differ only in seed and start are tuned "
                             f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
         p.add_argument("--device", default=None)
         if ablations:

@@ -30,8 +30,8 @@ from ..chc.config import CHCConfig
 from ..meta.regulator import FORM_BEFORE_FORMS
 from ..meta.trainer import MetaConfig
 from ..prompts import METHODS, PromptConfig, build_method
-from ..prompts.coop import coop_like
 from ..tuning.features import FeatureCache
+from ..tuning.multirun import steps_together
 from ..workers import process_pool
 from .config import Experiment, Row
 
@@ -366,16 +366,17 @@ MAX_BATCH_RUNS = 16
 
 def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) -> list[list[Job]]:
     """The run jobs grouped into batches tuned together: runs of one column whose few-shot settings differ
-    only in seed, start and label, of a CoOp-like method (where one text-encoder forward serves them all;
-    other methods gain nothing and run alone), that must be tuned (not a finished transfer run that lacks
-    targets), at most ``max_runs`` per batch. Every other run is a batch of one."""
+    only in seed, start and label, of a method whose runs share the text-encoder forward
+    (``tuning.multirun.steps_together``: CoOp, CoCoOp; the others gain nothing and run alone), that must
+    be tuned (not a finished transfer run that lacks targets), at most ``max_runs`` per batch. Every other
+    run is a batch of one."""
     if max_runs < 1:
         raise ValueError(f"--max-batch-runs must be >= 1, got {max_runs}")
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         config = expected_run_config(exp, job)
         fs = exp.fewshot_config(job.row, job.seed, config.get("init")) if config is not None else None
-        alone = (fs is None or not coop_like(METHODS[fs.method]) or max_runs == 1
+        alone = (fs is None or not steps_together(METHODS[fs.method]) or max_runs == 1
                  or (job_status(exp, job) == PARTIAL and is_finished(job.out)))
         key = (id(job),) if alone else (job.column, repr({k: v for k, v in asdict(fs).items() if k not in OWN}))
         groups.setdefault(key, []).append(job)

@@ -45,5 +45,16 @@ class CoCoOp(PromptMethod):
 
     def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
         img = self._image_features(batch)
-        ctx = params["text_ctx"][None] + meta_net(params, img)[:, None]  # (B, M, d)
-        return self._scores(img, self._context_text_features(ctx, classnames))
+        return self._scores(img, self._context_text_features(self.contexts(params, img), classnames))
+
+    @staticmethod
+    def contexts(params: dict[str, Tensor], image_features: Tensor) -> Tensor:
+        """Each image's context (B, M, d): the learned one plus the meta-net's bias for that image."""
+        return params["text_ctx"][None] + meta_net(params, image_features)[:, None]
+
+
+def cocoop_like(method: PromptMethod | type[PromptMethod]) -> bool:
+    """True for CoCoOp and subclasses that keep its ``logits`` (frozen image features, per-image contexts):
+    the contexts of several runs' images can share one text-encoder forward. Takes a method or its class."""
+    cls = method if isinstance(method, type) else type(method)
+    return issubclass(cls, CoCoOp) and cls.logits is CoCoOp.logits and not cls.uses_pixels

@@ -6,7 +6,9 @@ Here R runs step together. For CoOp-like methods (learned context, frozen image 
 are stacked to (R, M, d) and spliced into the class prompts of every run at once, so one text-encoder
 forward gives every run's (C, D) text features; each run's images are scored against its own features,
 and one ``autograd.grad`` of the summed losses gives each run its own gradient (run r's loss depends on
-its context only). Other methods are stepped run by run inside the same loop (same results, no speed-up).
+its parameters only). CoCoOp's per-image contexts (each run's meta-net on its own images) go through one
+forward the same way. Methods whose images pass through their prompts (VPT, joint) are stepped run by run
+inside the same loop (same results, no speed-up).
 
 Everything else stays per run, exactly as :func:`gramprompt.tuning.train.train_prompts` does it: the
 few-shot sample, the seeded data order and augmentation (views), the optimizer and its momentum, the lr
@@ -29,6 +31,7 @@ from ..data.dataset import Sample
 from ..errors import NonFiniteError
 from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
+from ..prompts.cocoop import cocoop_like
 from ..prompts.coop import coop_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
@@ -120,13 +123,26 @@ class _Run:
             self.spec.on_epoch(epoch + 1, self.params)
 
 
+def steps_together(method: PromptMethod | type[PromptMethod]) -> bool:
+    """Whether runs of this method gain from one joint step: CoOp-like (one context per run) and CoCoOp-like
+    (one context per image) methods share the text-encoder forward; methods whose images pass through
+    their prompts are stepped run by run."""
+    return coop_like(method) or cocoop_like(method)
+
+
 def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str],
             stack: bool) -> list[Tensor]:
-    """Each run's logits on its batch; with ``stack``, CoOp-like runs share one text-encoder forward."""
-    if stack and coop_like(method) and all(b.features is not None for b in batches):
-        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)  # (R, C, D)
+    """Each run's logits on its batch; with ``stack``, the text-encoder forward is shared where
+    :func:`steps_together` holds."""
+    if not (stack and steps_together(method) and all(b.features is not None for b in batches)):
+        return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
+    if coop_like(method):  # one context per run: (R, M, d) -> (R, C, D)
+        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)
         return [method._scores(b.features, text[i]) for i, b in enumerate(batches)]
-    return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
+    # one context per image: every run's images in one (N, M, d) -> (N, C, D)
+    contexts = [method.contexts(r.params, b.features) for r, b in zip(runs, batches)]
+    text = method._context_text_features(torch.cat(contexts), classnames).split([len(c) for c in contexts])
+    return [method._scores(b.features, t) for b, t in zip(batches, text)]
 
 
 def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[str], cfg: TuneConfig, *,
