@@ -351,3 +351,14 @@ def test_transfer_runs_tuned_together_evaluate_every_target(tiny_clip_dir, tmp_p
     for s in got:
         bits = s["correct"]["targets"]["digits"]
         assert s["targets"]["digits"] == 100.0 * bits.count("1") / len(bits)
+
+
+def test_a_failed_run_of_a_batch_raises_its_error_naming_the_run(tiny_clip_dir, tmp_path, monkeypatch):
+    from gramprompt.errors import NonFiniteError
+    from gramprompt.experiments import runner
+
+    exp = load_experiment(_tiny(tmp_path, tiny_clip_dir, rows=[{"label": "coop", "method": "coop"}]))
+    monkeypatch.setattr(runner, "base_to_new_many",
+                        lambda backbone, dataset, cfgs, runs, cache: [NonFiniteError("lower --lr"), {"seed": 2}])
+    with pytest.raises(NonFiniteError, match=r"digits/coop/seed1: lower --lr"):
+        run_experiment(exp)

@@ -298,7 +298,11 @@ class Worker:
         failed = [(job, r) for job, r in zip(jobs, results) if isinstance(r, Exception)]
         if failed:
             job, err = failed[0]
-            raise type(err)(f"{job.name}: {err}") from err
+            try:  # the same error type (the CLI reports user errors by type), naming the run
+                named = type(err)(f"{job.name}: {err}")
+            except TypeError:
+                raise err from None
+            raise named from err
         if exp.protocol == "base2new":
             return list(zip(jobs, results))
         return [(job, self._targets(job, fs)) for job, fs, _ in prepared]
@@ -359,8 +363,7 @@ def _do(worker: Worker, unit: Job | list[Job]) -> list[tuple[Job, dict | None]]:
 
 
 # Runs tuned together at most (``--max-batch-runs``): the joint step's memory grows with it (R x C text
-# sequences), and a failed batch is redone whole; 16 keeps a CoOp batch's activations small on the default
-# backbone and CLIP ViT-B/16 alike while giving the text encoder forwards 16 times wider.
+# sequences). A fixed default, not yet chosen from the free memory.
 MAX_BATCH_RUNS = 16
 
 
