@@ -380,7 +380,7 @@ def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) ->
         config = expected_run_config(exp, job)
         fs = exp.fewshot_config(job.row, job.seed, config.get("init")) if config is not None else None
         alone = (fs is None or not steps_together(METHODS[fs.method]) or max_runs == 1
-                 or (job_status(exp, job) == PARTIAL and is_finished(job.out)))
+                 or (is_finished(job.out) and job_status(exp, job) == PARTIAL))  # the cheap test first
         key = (id(job),) if alone else (job.column, repr({k: v for k, v in asdict(fs).items() if k not in OWN}))
         groups.setdefault(key, []).append(job)
     return [group[i:i + max_runs] for group in groups.values() for i in range(0, len(group), max_runs)]
