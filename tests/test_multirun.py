@@ -136,6 +136,8 @@ def test_a_failing_run_stops_alone(backbone, gen, stack):
     outs, records, _ = _together(coop, [huge, still], cfg, stack=stack)
     assert isinstance(outs[0], NonFiniteError) and "made text_ctx non-finite" in str(outs[0]) and records[0] == []
     assert torch.equal(outs[1]["text_ctx"], specs[2].init["text_ctx"]) and [r["epoch"] for r in records[1]] == [1]
+    (alone,), _, _ = _together(coop, [huge], cfg, stack=stack)  # every run failed mid-epoch: its error, no crash
+    assert isinstance(alone, NonFiniteError) and "made text_ctx non-finite" in str(alone)
 
 
 def _fewshot(method: str, seed: int, **kw):

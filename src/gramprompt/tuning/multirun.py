@@ -150,7 +150,7 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
     """Tune every run of ``specs`` (labels index ``classnames``) with the schedule ``cfg``; per run, its
     final parameters as :func:`train_prompts` returns them, or the error that stopped it.
 
-    ``stack=False`` steps CoOp-like runs one by one too: the same arithmetic as ``train_prompts``, bit for
+    ``stack=False`` steps every run on its own (no shared forward): the same arithmetic as ``train_prompts``, bit for
     bit, where the shared forward agrees with it up to float rounding (a check when results look off)."""
     check_rate("the learning rate (--lr)", cfg.lr)
     for spec in specs:
@@ -164,6 +164,8 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
         for step in range(max((len(r.steps) for r in live), default=0)):
             # a failed run stops; runs with fewer images finish their epoch first
             active = [r for r in live if r.error is None and step < len(r.steps)]
+            if not active:  # every run still in this epoch has failed
+                break
             batches = [r.batch(method, step, epoch) for r in active]
             logits = _logits(method, active, [b for b, _, _ in batches], classnames, stack)
             losses = [F.cross_entropy(lg, y) for lg, (_, y, _) in zip(logits, batches)]
