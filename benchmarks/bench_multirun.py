@@ -1,19 +1,22 @@
-"""Benchmark: R CoOp-family few-shot runs trained together (``tuning.multirun.train_many``) vs one after another.
+"""Benchmark: R few-shot runs trained together (``tuning.multirun.train_many``) vs one after another.
 
-A paper table is hundreds of small runs of one method on one dataset. One run's step encodes its C class
-prompts: a forward too small to keep the cores busy. ``train_many`` stacks the R runs' contexts and encodes
-all R x C prompts in one forward. The reference, timed in the same process, is the sequential loop the
+A paper table is hundreds of small runs of one method on one dataset. One CoOp run's step encodes its C class
+prompts, one VPT run's step its batch of images: forwards too small to keep the cores busy. ``train_many``
+stacks the R runs' contexts and encodes all R x C prompts in one forward (CoOp), or sends all R runs' images,
+each with its run's visual prompts, through the image tower at once (VPT). The reference, timed in the same process, is the sequential loop the
 runner uses today: ``train_prompts`` once per run. Both start from the same cached image features (one
 shared ``FeatureCache``, filled by an untimed warm-up), so the table compares the tuning alone.
 
-Setting (the issue's): 12 CoOp-family runs on one dataset at CLIP ViT-B/16 size with random weights,
-half of them regulated by a random bounded R_phi (CoOp + GRAM's test-time update), each with its own
-seed, init and few-shot sample: 10 classes x 4 shots of synthetic 224x224 images, batch 4, 1 feature
-view, 2 epochs. Reported: the time of each way, the ratio, and the largest difference of the tuned
+Settings (the issue's): 12 CoOp runs on one dataset at CLIP ViT-B/16 size with random weights, or
+(``--method vpt``) 6 VPT runs on the shipped default backbone (its cached EfficientNet stems, the prompts in
+its token transformer); half of the runs regulated by a random bounded R_phi (GRAM's test-time update), each
+with its own seed, init and few-shot sample: 10 classes x 4 shots of synthetic 224x224 images, batch 4,
+1 view, 2 epochs. Reported: the time of each way, the ratio, and the largest difference of the tuned
 prompts between the two ways (float rounding of the batched forward; a mistake would be O(the update)).
 
-    python benchmarks/bench_multirun.py            # ViT-B/16, a few minutes on 2 cores
-    python benchmarks/bench_multirun.py --quick    # smoke run (small preset), seconds
+    python benchmarks/bench_multirun.py                  # 12 CoOp runs, ViT-B/16, a few minutes on 2 cores
+    python benchmarks/bench_multirun.py --method vpt     # 6 VPT runs, default backbone
+    python benchmarks/bench_multirun.py --quick          # smoke run (small preset), seconds
 
 Target (issue 16): >= 4x on 2 CPU cores for 12 CoOp runs. No assertion; run with ``--threads`` as needed.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -35,7 +39,9 @@ TARGET = 4.0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--runs", type=int, help="runs tuned together (default 12; 4 with --quick)")
+    parser.add_argument("--method", choices=["coop", "vpt"], default="coop",
+                        help="coop: ViT-B/16-size random CLIP; vpt: the shipped default backbone")
+    parser.add_argument("--runs", type=int, help="runs tuned together (default 12 CoOp, 6 VPT; 4 with --quick)")
     parser.add_argument("--classes", type=int, help="classes (default 10; 5 with --quick)")
     parser.add_argument("--shots", type=int, default=4, help="images per class and run (default 4)")
     parser.add_argument("--batch-size", type=int, default=4, help="tuning batch size (default 4, the offline tables')")
@@ -45,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = args.preset or ("small" if args.quick else "vit-b-16")
-    n_runs = args.runs or (4 if args.quick else 12)
+    n_runs = args.runs or (4 if args.quick else 12 if args.method == "coop" else 6)
+    key = "text_ctx" if args.method == "coop" else "visual_ctx"
     n_classes = args.classes or (5 if args.quick else 10)
     epochs = args.epochs or (1 if args.quick else 2)
     repeats = args.repeats or 1
@@ -61,15 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
     classnames = CALTECH101_CLASSNAMES[:n_classes]
     cfg = TuneConfig(epochs=epochs, batch_size=args.batch_size, warmup_epochs=0, feature_views=1)
-    with random_checkpoint(args.checkpoint, preset, args.seed) as (path, how):
-        backbone = load_backbone(f"hf:{path}")
-        coop = build_method("coop", backbone)
+    source = (random_checkpoint(args.checkpoint, preset, args.seed) if args.method == "coop"
+              else nullcontext(("default", "shipped weights")))
+    with source as (path, how):
+        backbone = load_backbone(f"hf:{path}" if args.method == "coop" else "default")
+        method = build_method(args.method, backbone)
         gen = torch.Generator().manual_seed(args.seed)
         rng = np.random.default_rng(args.seed)
         regulator = RegulatorConfig(form="bounded", weight_init_std=0.02)
         specs = []
         for r in range(n_runs):
-            init = coop.init_params(gen)
+            init = method.init_params(gen)
             samples = [Sample(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), c)
                        for c in range(n_classes) for _ in range(args.shots)]
             transform = None
@@ -80,16 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         cache = FeatureCache(backbone)
         t0 = time.perf_counter()
         for s in specs:  # fills the cache: the encoding is shared by both ways and not timed
-            train_prompts(coop, s.init, s.samples, classnames, TuneConfig(epochs=1, batch_size=len(s.samples),
+            train_prompts(method, s.init, s.samples, classnames, TuneConfig(epochs=1, batch_size=len(s.samples),
                           warmup_epochs=0, feature_views=1), seed=s.seed, cache=cache, cache_key=s.cache_key)
         encode = time.perf_counter() - t0
 
         def sequential():
-            return [train_prompts(coop, s.init, s.samples, classnames, cfg, seed=s.seed, grad_transform=s.grad_transform,
+            return [train_prompts(method, s.init, s.samples, classnames, cfg, seed=s.seed, grad_transform=s.grad_transform,
                                   cache=cache, cache_key=s.cache_key) for s in specs]
 
         def together():
-            return train_many(coop, specs, classnames, cfg, cache=cache)
+            return train_many(method, specs, classnames, cfg, cache=cache)
 
         times = {"sequential": [], "together": []}
         results = {}
@@ -99,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = fn()
                 times[name].append(time.perf_counter() - t0)
         seq, tog = (sorted(times[k])[len(times[k]) // 2] for k in ("sequential", "together"))
-        diff = max(float((a["text_ctx"] - b["text_ctx"]).abs().max())
-                   for a, b in zip(results["sequential"], results["together"]))
-        moved = max(float((a["text_ctx"] - s.init["text_ctx"]).abs().max()) for a, s in zip(results["sequential"], specs))
+        diff = max(float((a[key] - b[key]).abs().max()) for a, b in zip(results["sequential"], results["together"]))
+        moved = max(float((a[key] - s.init[key]).abs().max()) for a, s in zip(results["sequential"], specs))
 
     steps = epochs * -(-n_classes * args.shots // args.batch_size)
-    print(f"# Multi-run tuning: {n_runs} CoOp runs ({n_runs // 2} regulated) tuned together vs one after another\n")
+    name = {"coop": "CoOp", "vpt": "VPT"}[args.method]
+    print(f"# Multi-run tuning: {n_runs} {name} runs ({n_runs // 2} regulated) tuned together vs one after another\n")
     print(machine_info())
-    print(f"backbone: {describe_checkpoint(path)} ({how}); {n_classes} classes x {args.shots} shots, batch "
+    described = describe_checkpoint(path) if args.method == "coop" else path
+    print(f"backbone: {described} ({how}); {n_classes} classes x {args.shots} shots, batch "
           f"{args.batch_size}, {epochs} epoch(s) = {steps} steps per run; {repeats} repeat(s), median; image "
           f"encoding before timing: {fmt_s(encode)}\n")
     print(markdown_table(

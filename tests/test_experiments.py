@@ -314,19 +314,20 @@ def test_a_row_with_some_runs_finished_says_how_many(tmp_path, tiny_clip_dir):
     assert "| coop (1 of 2 runs) | 50.00 | 50.00 |" in table and "| zeroshot | – |" in table
 
 
-def test_runs_of_a_coop_like_row_are_tuned_together_and_equal_one_by_one(tiny_clip_dir, tmp_path):
+def test_runs_of_a_row_that_shares_a_forward_are_tuned_together_and_equal_one_by_one(tiny_clip_dir, tmp_path):
     from gramprompt.experiments.runner import batches, run_experiment, summaries
 
     rows = [{"label": "zeroshot", "method": "zeroshot"}, {"label": "coop", "method": "coop"},
             {"label": "coop-b", "method": "coop", "init_seed": 9}, {"label": "vpt", "method": "vpt"}]
     together = load_experiment(_tiny(tmp_path / "a", tiny_clip_dir, rows=rows))
     units = batches(together, [j for j in plan(together) if j.kind == "run"])
-    # both CoOp rows and both seeds share a pass; zero-shot and VPT (nothing to share) run alone
+    # both CoOp rows and both seeds share a pass, VPT's seeds another; zero-shot (nothing to tune) runs alone
     assert [[j.name for j in u] for u in units if len(u) > 1] == [
-        ["digits/coop/seed1", "digits/coop/seed2", "digits/coop-b/seed1", "digits/coop-b/seed2"]]
-    assert sum(len(u) == 1 for u in units) == 4
+        ["digits/coop/seed1", "digits/coop/seed2", "digits/coop-b/seed1", "digits/coop-b/seed2"],
+        ["digits/vpt/seed1", "digits/vpt/seed2"]]
+    assert sum(len(u) == 1 for u in units) == 2
     assert [len(u) for u in batches(together, [j for j in plan(together) if j.kind == "run"], max_runs=3)
-            if len(u) > 1] == [3]
+            if len(u) > 1] == [3, 2]
     run_experiment(together)
     alone = load_experiment(_tiny(tmp_path / "b", tiny_clip_dir, rows=rows))
     run_experiment(alone, max_batch_runs=1)
@@ -334,7 +335,7 @@ def test_runs_of_a_coop_like_row_are_tuned_together_and_equal_one_by_one(tiny_cl
     a, b = sorted(summaries(together), key=key), sorted(summaries(alone), key=key)
     assert [key(s) for s in a] == [key(s) for s in b] and len(a) == 8
     for x, y in zip(a, b):
-        assert x.get("runs_together", 1) == (4 if x["method"] == "coop" else 1) and "runs_together" not in y
+        assert x.get("runs_together", 1) == {"coop": 4, "vpt": 2}.get(x["method"], 1) and "runs_together" not in y
         assert (x["base"], x["new"], x["correct"]) == (y["base"], y["new"], y["correct"])
     assert [job_status(together, j) for j in plan(together)] == [DONE] * 8  # written as one-by-one runs are
 

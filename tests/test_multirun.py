@@ -15,6 +15,7 @@ from gramprompt.prompts import build_method
 from gramprompt.tuning.config import TuneConfig
 from gramprompt.tuning.features import FeatureCache
 from gramprompt.prompts.coop import coop_like
+from gramprompt.prompts.vpt import vpt_like
 from gramprompt.tuning.multirun import RunSpec, steps_together, train_many
 from gramprompt.tuning.train import train_prompts
 from tolerance import assert_fp32_close, hf_clip_tower
@@ -72,7 +73,7 @@ def _together(method, specs: list[RunSpec], cfg: TuneConfig = CFG, **kw):
     return train_many(method, with_logs, NAMES, cfg, cache=FeatureCache(method.backbone), **kw), records, epochs
 
 
-@pytest.mark.parametrize("name", ["coop", "vpt", "cocoop"])
+@pytest.mark.parametrize("name", ["coop", "vpt", "cocoop", "joint"])
 def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, name):
     method = build_method(name, backbone)
     specs = _specs(method, gen)
@@ -88,7 +89,7 @@ def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, 
 @pytest.mark.parametrize("name", ["coop", "cocoop"])
 def test_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, gen, name):
     method = build_method(name, backbone)
-    assert steps_together(method) and not steps_together(build_method("vpt", backbone))
+    assert steps_together(method) and not steps_together(build_method("zeroshot", backbone))
     assert coop_like(method) == (name == "coop") and coop_like(type(method)) == (name == "coop")
     specs = _specs(method, gen)
     calls = []
@@ -107,6 +108,50 @@ def test_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, g
     # run 2 has 6 images: 2 in its second step, and it is out of each epoch's third
     per_step = [3 * 3, 3 * 3, 3 * 2] if name == "coop" else [3 * (4 + 4 + 4), 3 * (4 + 2 + 4), 3 * (4 + 4)]
     assert calls == per_step * 2
+    for spec, out, rec in zip(specs, outs, records):
+        ref, ref_rec, _ = _alone(method, spec)
+        _assert_close_to_alone(backbone, spec, out, ref)
+        assert [r["epoch"] for r in rec] == [1, 2]
+        for r, q in zip(rec, ref_rec):
+            assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_per_image_prompts_equal_each_image_through_its_own_prompts(backbone, gen, deep):
+    """The multi-run tuner's image forward: images of three runs in one batch, each with its run's visual
+    prompts, against each run's images through its prompts alone (hf image tower, shallow and deep)."""
+    shape = (2, 3, backbone.vision_width) if deep else (3, backbone.vision_width)
+    prompts = [torch.randn(shape, generator=gen) for _ in range(3)]
+    stems = [backbone.encode_image_stem(torch.randn(n, 3, 32, 32, generator=gen)) for n in (2, 1, 3)]
+    alone = torch.cat([backbone.encode_image_from_stem(s, p) for s, p in zip(stems, prompts)])
+    per_image = torch.cat([p.expand(len(s), *shape) for s, p in zip(stems, prompts)])
+    together = backbone.encode_image_from_stem(torch.cat(stems), per_image, per_image=True)
+    image = hf_clip_tower(backbone, "vision")
+    assert_fp32_close(together, alone, terms=image["terms"], depth=image["depth"], scale=float(alone.abs().max()))
+    assert (alone[:2] - backbone.encode_image_from_stem(stems[0], prompts[1])).abs().max() > 1e-3  # prompts act
+    with pytest.raises(ValueError, match="per-image prompts for 5 images"):
+        backbone.encode_image_from_stem(torch.cat(stems), per_image[:5], per_image=True)
+
+
+@pytest.mark.parametrize("name", ["vpt", "vpt-deep", "joint"])
+def test_visual_prompt_runs_share_one_image_forward_and_agree_within_float_rounding(backbone, gen, name):
+    method = build_method(name, backbone)
+    assert steps_together(method) and vpt_like(method) and vpt_like(type(method)) and not coop_like(method)
+    specs = _specs(method, gen)
+    calls = []
+    encode = backbone.encode_image_from_stem
+
+    def counting(stems, prompts=None, *, per_image=False):
+        calls.append((len(stems), per_image))
+        return encode(stems, prompts, per_image=per_image)
+
+    backbone.encode_image_from_stem = counting
+    try:
+        outs, records, _ = _together(method, specs)
+    finally:
+        del backbone.encode_image_from_stem
+    # 2 epochs x 3 steps, batch 4: run 2 has 6 images, 2 in its second step, and it is out of each epoch's third
+    assert calls == [(12, True), (10, True), (8, True)] * 2
     for spec, out, rec in zip(specs, outs, records):
         ref, ref_rec, _ = _alone(method, spec)
         _assert_close_to_alone(backbone, spec, out, ref)

@@ -61,7 +61,8 @@ class Backbone(Protocol):
     def encode_image_stem(self, pixels: Tensor) -> Tensor:
         """The frozen computation before visual prompts enter, (B, ...)."""
 
-    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
-        """The rest of the image encoder, (B, D)."""
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *,
+                               per_image: bool = False) -> Tensor:
+        """The rest of the image encoder, (B, D). ``per_image``: one prompt set per image, (B, ...)."""
 
     def logit_scale(self) -> Tensor: ...

@@ -214,10 +214,11 @@ class HFCLIPBackbone(nn.Module):
     def encode_image_stem(self, pixels: Tensor) -> Tensor:
         return self.model.vision_model.embeddings(pixels.to(self.device, self.dtype))
 
-    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *,
+                               per_image: bool = False) -> Tensor:
         vm = self.model.vision_model
         layers = [partial(_block, layer, causal=False) for layer in vm.encoder.layers]
-        x = run_with_prompts(stem.to(self.dtype), layers, visual_prompts, pre=vm.pre_layrnorm)
+        x = run_with_prompts(stem.to(self.dtype), layers, visual_prompts, pre=vm.pre_layrnorm, per_image=per_image)
         return self.model.visual_projection(vm.post_layernorm(x[:, 0]))
 
     def logit_scale(self) -> Tensor:

@@ -363,14 +363,14 @@ def _do(worker: Worker, unit: Job | list[Job]) -> list[tuple[Job, dict | None]]:
 
 
 # Runs tuned together at most (``--max-batch-runs``): the joint step's memory grows with it (R x C text
-# sequences). A fixed default, not yet chosen from the free memory.
+# sequences, R x batch images for visual prompts). A fixed default, not yet chosen from the free memory.
 MAX_BATCH_RUNS = 16
 
 
 def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) -> list[list[Job]]:
     """The run jobs grouped into batches tuned together: runs of one column whose few-shot settings differ
-    only in seed, start and label, of a method whose runs share the text-encoder forward
-    (``tuning.multirun.steps_together``: CoOp, CoCoOp; the others gain nothing and run alone), that must
+    only in seed, start and label, of a method whose runs share a forward (``tuning.multirun.steps_together``:
+    CoOp, CoCoOp, VPT, VPT-deep, joint; the others gain nothing and run alone), that must
     be tuned (not a finished transfer run that lacks targets), at most ``max_runs`` per batch. Every other
     run is a batch of one."""
     if max_runs < 1:

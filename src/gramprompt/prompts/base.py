@@ -117,13 +117,17 @@ class PromptMethod:
         t = torch.randn(shape, generator=generator, dtype=torch.float32) * self.config.init_std
         return t.to(self.backbone.device)
 
-    def _image_features(self, batch: Batch, visual_prompts: Tensor | None = None) -> Tensor:
+    def _image_features(self, batch: Batch, visual_prompts: Tensor | None = None, per_image: bool = False) -> Tensor:
+        """The batch's image features through ``visual_prompts`` (``per_image``: one set per image)."""
         if visual_prompts is None and batch.features is not None:
             return batch.features
         if batch.stems is not None:
-            return self.backbone.encode_image_from_stem(batch.stems, visual_prompts)
+            return self.backbone.encode_image_from_stem(batch.stems, visual_prompts, per_image=per_image)
         if batch.pixels is None:
             raise ValueError(f"{self.name} needs pixels or stems in the batch (its prompts enter the image encoder)")
+        if per_image:
+            stems = self.backbone.encode_image_stem(batch.pixels)
+            return self.backbone.encode_image_from_stem(stems, visual_prompts, per_image=True)
         return self.backbone.encode_image(batch.pixels, visual_prompts)
 
     def _scores(self, image_features: Tensor, text_features: Tensor) -> Tensor:

@@ -28,3 +28,14 @@ class VPT(PromptMethod):
 class VPTDeep(VPT):
     name = "vpt-deep"
     deep = True
+
+
+def vpt_like(method: PromptMethod | type[PromptMethod]) -> bool:
+    """True for VPT, VPT-deep and joint tuning (and subclasses that keep their ``logits``): one visual prompt set
+    per run, and text features from the template (VPT) or from one context per run (joint), so several runs'
+    images can share one image-tower forward with per-image prompts (the multi-run tuner). Takes a method or
+    its class."""
+    from .joint import Joint
+
+    cls = method if isinstance(method, type) else type(method)
+    return (issubclass(cls, VPT) and cls.logits is VPT.logits) or (issubclass(cls, Joint) and cls.logits is Joint.logits)

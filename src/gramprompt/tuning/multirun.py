@@ -7,8 +7,9 @@ are stacked to (R, M, d) and spliced into the class prompts of every run at once
 forward gives every run's (C, D) text features; each run's images are scored against its own features,
 and one ``autograd.grad`` of the summed losses gives each run its own gradient (run r's loss depends on
 its parameters only). CoCoOp's per-image contexts (each run's meta-net on its own images) go through one
-forward the same way. Methods whose images pass through their prompts (VPT, joint) are stepped run by run
-inside the same loop (same results, no speed-up).
+forward the same way. For VPT-like methods (VPT, VPT-deep, joint) every run's images go through the image
+tower in one forward, each image with its own run's visual prompts; joint runs' contexts share the text
+forward as CoOp's do.
 
 Everything else stays per run, exactly as :func:`gramprompt.tuning.train.train_prompts` does it: the
 few-shot sample, the seeded data order and augmentation (views), the optimizer and its momentum, the lr
@@ -33,11 +34,12 @@ from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
 from ..prompts.cocoop import cocoop_like
 from ..prompts.coop import coop_like
+from ..prompts.vpt import vpt_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
 from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift
 
-CTX = "text_ctx"
+CTX, VIS = "text_ctx", "visual_ctx"
 
 
 @dataclass
@@ -124,16 +126,32 @@ class _Run:
 
 
 def steps_together(method: PromptMethod | type[PromptMethod]) -> bool:
-    """Whether runs of this method gain from one joint step: CoOp-like (one context per run) and CoCoOp-like
-    (one context per image) methods share the text-encoder forward; methods whose images pass through
-    their prompts are stepped run by run."""
-    return coop_like(method) or cocoop_like(method)
+    """Whether runs of this method share one forward per step: CoOp-like (one context per run) and CoCoOp-like
+    (one context per image) methods share the text encoder's, VPT-like methods the image tower's."""
+    return coop_like(method) or cocoop_like(method) or vpt_like(method)
+
+
+def _vpt_logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str]) -> list[Tensor]:
+    """Every run's images through the image tower at once, each with its run's visual prompts; joint runs'
+    contexts through the text encoder at once."""
+    field = "stems" if batches[0].stems is not None else "pixels"
+    inputs = [getattr(b, field) for b in batches]
+    sizes = [len(x) for x in inputs]
+    prompts = torch.cat([r.params[VIS].expand(n, *r.params[VIS].shape) for r, n in zip(runs, sizes)])
+    images = method._image_features(Batch(**{field: torch.cat(inputs)}), prompts, per_image=True).split(sizes)
+    if CTX in runs[0].params:  # joint: (R, M, d) -> (R, C, D)
+        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)
+        return [method._scores(img, text[i]) for i, img in enumerate(images)]
+    text = method.text.template_features(classnames, method.template)
+    return [method._scores(img, text) for img in images]
 
 
 def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str],
             stack: bool) -> list[Tensor]:
-    """Each run's logits on its batch; with ``stack``, the text-encoder forward is shared where
-    :func:`steps_together` holds."""
+    """Each run's logits on its batch; with ``stack``, one forward is shared where :func:`steps_together`
+    holds."""
+    if stack and vpt_like(method) and all(b.features is None for b in batches):
+        return _vpt_logits(method, runs, batches, classnames)
     if not (stack and steps_together(method) and all(b.features is not None for b in batches)):
         return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
     if coop_like(method):  # one context per run: (R, M, d) -> (R, C, D)

@@ -77,9 +77,9 @@ class ImageHead(nn.Module):
         tokens = self.token_proj(fmap.flatten(2).transpose(1, 2)) + self.pos
         return torch.cat([base, tokens.flatten(1)], dim=1)
 
-    def from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
+    def from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *, per_image: bool = False) -> Tensor:
         d, w = self.cfg.embed_dim, self.cfg.width
         base, tokens = stem[:, :d], stem[:, d:].view(len(stem), MAP_TOKENS, w)
         x = torch.cat([self.readout.expand(len(stem), 1, w).to(tokens.dtype), tokens], dim=1)
-        x = run_with_prompts(x, self.layers, visual_prompts)
+        x = run_with_prompts(x, self.layers, visual_prompts, per_image=per_image)
         return base + self.out(self.norm(x[:, 0]))

@@ -143,8 +143,9 @@ class DefaultBackbone(nn.Module):
     def encode_image_stem(self, pixels: Tensor) -> Tensor:
         return self.head.stem(*self.trunk_outputs(pixels))
 
-    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
-        return self.head.from_stem(stem.to(self.dtype), visual_prompts)
+    def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *,
+                               per_image: bool = False) -> Tensor:
+        return self.head.from_stem(stem.to(self.dtype), visual_prompts, per_image=per_image)
 
     def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
         return self.encode_image_from_stem(self.encode_image_stem(pixels), visual_prompts)
