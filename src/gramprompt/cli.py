@@ -16,7 +16,7 @@ from .data.registry import load_dataset
 from .errors import USER_ERRORS, RunFolderError
 from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
 from .eval.table import render, zero_shot_table
-from .experiments.runner import MAX_BATCH_RUNS
+from .experiments.runner import EXECUTORS, MAX_BATCH_RUNS
 from .prompts import METHODS, PromptConfig
 from .runs import RunDir
 from .tuning.config import TuneConfig
@@ -191,7 +191,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             print(describe(exp))
             continue
         if a.action == "run":
-            run_experiment(exp, jobs=a.jobs, device=a.device, max_batch_runs=a.max_batch_runs)
+            run_experiment(exp, jobs=a.jobs, device=a.device, max_batch_runs=a.max_batch_runs, executor=a.executor,
+                           address=a.ray_address)
         text = experiment_tables(exp)
         report = Path(exp.root) / f"{exp.name}.md"
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -471,8 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
     p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
-                   help=f"few-shot runs of a CoOp or CoCoOp row that differ only in seed and start are tuned "
-                        f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
+                   help=f"few-shot runs of a CoOp, CoCoOp, VPT or joint row that differ only in seed and start "
+                        f"are tuned together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this machine (--jobs processes); ray: one Ray task per meta-training and per batch "
+                        "of runs, on the cluster of --ray-address (or RAY_ADDRESS, or one started here by `ray start`, "
+                        "else a local instance); run folders must be on shared storage; a killed worker's task "
+                        "is rerun")
+    p.add_argument("--ray-address", default=None, help="with --executor ray: the Ray cluster's address")
     p.add_argument("--dry-run", action="store_true", help="with run: only list the jobs (same as plan)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(fn=cmd_experiment)
@@ -495,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a key of the configs (see gram experiment)")
         p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
         p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
-                       help=f"few-shot runs of a CoOp or CoCoOp row that differ only in seed and start are tuned "
-                            f"together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
+                       help=f"few-shot runs of a CoOp, CoCoOp, VPT or joint row that differ only in seed and start "
+                            f"are tuned together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
         p.add_argument("--device", default=None)
         if ablations:
             p.add_argument("--tables", nargs="+", type=int, choices=[6, 7], default=[6, 7],

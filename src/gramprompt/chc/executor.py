@@ -8,7 +8,7 @@ instead and each run any executor over their own part.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
@@ -80,6 +80,26 @@ class RayExecutor:
         remote = self._ray.remote(fn).options(**self.options)
         refs = [remote.remote(x) for x in items]
         return [self._ray.get(r) for r in tqdm(refs, desc=desc, disable=desc is None)]
+
+    def gpus(self) -> float:
+        """The GPUs of the cluster, all nodes together."""
+        return self._ray.cluster_resources().get("GPU", 0)
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any], retries: int = 2,
+                       **options: Any) -> Iterator[Any]:
+        """``fn(x)`` for every item, as the tasks finish (``options`` override the per-task resources). A task
+        whose worker dies (a killed process, a lost node) is rerun, ``retries`` times at most; an error that
+        ``fn`` raises is not retried: it propagates, and the unfinished tasks are cancelled."""
+        remote = self._ray.remote(fn).options(**{**self.options, **options}, max_retries=retries,
+                                              retry_exceptions=False)
+        pending = [remote.remote(x) for x in items]
+        try:
+            while pending:
+                done, pending = self._ray.wait(pending, num_returns=1)
+                yield self._ray.get(done[0])
+        finally:
+            for ref in pending:
+                self._ray.cancel(ref, force=True)
 
 
 def make_executor(name: str = "serial", workers: int = 2, address: str | None = None) -> Executor:

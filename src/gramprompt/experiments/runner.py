@@ -11,7 +11,9 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import as_completed
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -355,6 +357,44 @@ def _pool_job(job: Job | list[Job]) -> list[tuple[Job, dict | None]]:
     return _do(_WORKER, job)
 
 
+_RAY_WORKERS: dict[tuple, Worker] = {}  # per Ray worker process: what its tasks share (backbone, cache, datasets)
+
+
+def _ray_job(task: tuple[Experiment, str | None, Job | list[Job]]) -> list[tuple[Job, dict | None]]:
+    exp, device, unit = task
+    key = (exp.backbone, exp.dtype, device)
+    if key not in _RAY_WORKERS:
+        _RAY_WORKERS[key] = Worker(exp, device)
+    worker = _RAY_WORKERS[key]
+    worker.exp = exp  # the backbone and cache serve any experiment on it
+    return _do(worker, unit)
+
+
+def _on_ray(exp: Experiment, units: list, device: str | None, address: str | None) -> Iterator[list]:
+    """Each unit (a meta-training, a batch of runs) as one Ray task, on the cluster at ``address`` (None:
+    ``RAY_ADDRESS``, else a cluster started on this node with ``ray start``, else a local instance). A task
+    asks for one GPU when ``device`` is CUDA, or when ``device`` is unset and the cluster has GPUs. Run folders
+    must be on storage every node shares. A task whose worker dies is rerun (its unfinished folder is redone)."""
+    from ..chc.executor import RayExecutor
+
+    executor = RayExecutor(address)
+    gpus = 1 if (device or "").startswith("cuda") or (device is None and executor.gpus()) else 0
+    return executor.imap_unordered(_ray_job, [(exp, "cuda" if gpus and device is None else device, u) for u in units],
+                                   num_gpus=gpus)
+
+
+def _in_pool(exp: Experiment, units: list, jobs: int, device: str | None) -> Iterator[list]:
+    """The units in ``jobs`` local worker processes (each with ``cpu_count // jobs`` threads), as they finish."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with process_pool(min(jobs, len(units)), _init_worker, (exp, device, threads)) as pool:  # die with us
+        futures = [pool.submit(_pool_job, u) for u in units]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _do(worker: Worker, unit: Job | list[Job]) -> list[tuple[Job, dict | None]]:
     """A job, or a batch of runs tuned together; (job, result) for each."""
     if isinstance(unit, list):
@@ -395,12 +435,19 @@ def _line(job: Job, s: dict | None) -> str:
     return f"  {job.name:44s} source {s['source']:6.2f}  {targets}"
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
-                   worker: Worker | None = None, max_batch_runs: int = MAX_BATCH_RUNS) -> None:
+                   worker: Worker | None = None, max_batch_runs: int = MAX_BATCH_RUNS, executor: str = "local",
+                   address: str | None = None) -> None:
     """Do every job that is not done. CHC runs in this process; meta-training and few-shot runs go to
-    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads). Few-shot runs
-    that can share a pass are tuned together, ``max_batch_runs`` at most (:func:`batches`; 1: one by one).
-    Missing inputs fail before any job starts, not after the datasets before them have run."""
+    ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads), or with
+    ``executor="ray"`` to a Ray cluster, one task per meta-training and per batch of runs (:func:`_on_ray`).
+    Few-shot runs that can share a pass are tuned together, ``max_batch_runs`` at most (:func:`batches`; 1: one
+    by one). Missing inputs fail before any job starts, not after the datasets before them have run."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: use {' or '.join(EXECUTORS)}")
     exp.check_inputs()
     for kind in ("chc", "meta", "run"):  # statuses are read after the previous stage: a new checkpoint makes runs stale
         todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
@@ -410,26 +457,18 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
             if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
                 raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
         units = batches(exp, todo, max_batch_runs) if kind == "run" else todo
-        if jobs <= 1 or kind == "chc" or len(units) == 1:
+        if executor == "ray" and kind != "chc":
+            done, where = _on_ray(exp, units, device, address), " (ray)"
+        elif jobs <= 1 or kind == "chc" or len(units) == 1:
             worker = worker or Worker(exp, device)
-            with tqdm(total=len(todo), desc=f"{exp.name}: {kind}", disable=len(todo) < 2) as bar:
-                for unit in units:
-                    for job, result in _do(worker, unit):
-                        tqdm.write(_line(job, result))
-                        bar.update()
-            continue
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with process_pool(min(jobs, len(units)), _init_worker, (exp, device, threads)) as pool:  # die with us
-            futures = [pool.submit(_pool_job, u) for u in units]
-            try:
-                with tqdm(total=len(todo), desc=f"{exp.name}: {kind} ({jobs} processes)") as bar:
-                    for f in as_completed(futures):
-                        for job, result in f.result():
-                            tqdm.write(_line(job, result))
-                            bar.update()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+            done, where = (_do(worker, unit) for unit in units), ""
+        else:
+            done, where = _in_pool(exp, units, jobs, device), f" ({jobs} processes)"
+        with closing(done), tqdm(total=len(todo), desc=f"{exp.name}: {kind}{where}", disable=len(todo) < 2) as bar:
+            for results in done:
+                for job, result in results:
+                    tqdm.write(_line(job, result))
+                    bar.update()
     record_hierarchies(exp)
 
 
