@@ -16,7 +16,8 @@ from gramprompt.tuning.config import TuneConfig
 from gramprompt.tuning.features import FeatureCache
 from gramprompt.prompts.coop import coop_like
 from gramprompt.prompts.vpt import vpt_like
-from gramprompt.tuning.multirun import RunSpec, steps_together, train_many
+from gramprompt.tuning.multirun import (RunSpec, _Run, _saved_bytes, available_memory, bytes_per_run, runs_that_fit,
+                                        steps_together, train_many)
 from gramprompt.tuning.train import train_prompts
 from tolerance import assert_fp32_close, hf_clip_tower
 
@@ -158,6 +159,45 @@ def test_visual_prompt_runs_share_one_image_forward_and_agree_within_float_round
         assert [r["epoch"] for r in rec] == [1, 2]
         for r, q in zip(rec, ref_rec):
             assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+
+
+def test_saved_bytes_and_runs_that_fit_by_hand():
+    x = torch.ones(1000, requires_grad=True)
+    w, frozen = torch.full((1000,), 2.0, requires_grad=True), torch.full((1000,), 2.0)
+    assert _saved_bytes(lambda: (x * w).sum()) == 2 * 1000 * 4  # mul saves each input for the other's gradient
+    assert _saved_bytes(lambda: (x * frozen).sum()) == 1000 * 4  # x's gradient needs the frozen factor only
+    assert _saved_bytes(lambda: (x * x).sum()) == 1000 * 4  # one storage, counted once
+    assert runs_that_fit(100, 1000) == 5 and runs_that_fit(100, 1000, share=1.0) == 10
+    assert runs_that_fit(10**9, 1000) == 1 and runs_that_fit(100, None) is None
+    assert available_memory(torch.device("cpu")) is None or available_memory(torch.device("cpu")) > 0
+
+
+@pytest.mark.parametrize("name", ["coop", "vpt"])
+def test_runs_split_into_groups_that_fit_the_memory(backbone, gen, name):
+    """A memory too small for two runs' steps: each run is tuned in a group of its own, within float rounding of
+    train_prompts; memory to spare: one group, bit for bit as without the probe."""
+    method = build_method(name, backbone)
+    specs = _specs(method, gen)
+    runs = [_Run(method, s, CFG, FeatureCache(backbone)) for s in specs]
+    per_run = bytes_per_run(method, runs, NAMES)
+    assert per_run > 0
+    ample, _, _ = _together(method, specs, memory=10 * per_run * len(specs))
+    plain, _, _ = _together(method, specs)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(ample, plain) for k in a)
+    calls = []
+    with_count = lambda *a, **kw: calls.append(len(a[1])) or train_many(*a, **kw)  # noqa: E731
+    import gramprompt.tuning.multirun as multirun
+
+    original = multirun.train_many
+    multirun.train_many = with_count
+    try:
+        alone, _, _ = _together(method, specs, memory=per_run)  # share 0.5: fits one run
+    finally:
+        multirun.train_many = original
+    assert calls == [1, 1, 1]
+    for spec, out in zip(specs, alone):
+        ref, _, _ = _alone(method, spec)
+        _assert_close_to_alone(backbone, spec, out, ref)
 
 
 @pytest.mark.parametrize("stack", [True, False])

@@ -16,7 +16,7 @@ from ..prompts import PromptConfig, PromptMethod, build_method, template_for
 from ..runs import RunDir, load_prompts
 from ..tuning.config import TuneConfig
 from ..tuning.features import FeatureCache
-from ..tuning.multirun import RunSpec, train_many
+from ..tuning.multirun import RunSpec, available_memory, train_many
 from ..tuning.train import train_prompts
 from .evaluate import correct_bits, correctness, evaluate
 from .metrics import accuracy_of, harmonic_mean
@@ -117,7 +117,8 @@ def _tune(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[FewShot
                              run.log if run is not None else None,
                              None if hook is None else (lambda epoch, params, hook=hook: hook(method, epoch, params))))
     if together:
-        results = train_many(method, specs, dataset.classnames, cfg.tune, cache=cache)
+        results = train_many(method, specs, dataset.classnames, cfg.tune, cache=cache,
+                             memory=available_memory(backbone.device))
     else:
         (s,) = specs
         results = [train_prompts(method, s.init, s.samples, dataset.classnames, cfg.tune, seed=s.seed,

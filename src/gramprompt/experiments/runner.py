@@ -402,8 +402,9 @@ def _do(worker: Worker, unit: Job | list[Job]) -> list[tuple[Job, dict | None]]:
     return [(unit, getattr(worker, unit.kind)(unit))]
 
 
-# Runs tuned together at most (``--max-batch-runs``): the joint step's memory grows with it (R x C text
-# sequences, R x batch images for visual prompts). A fixed default, not yet chosen from the free memory.
+# Runs sent together at most (``--max-batch-runs``). The joint step's memory grows with them (R x C text
+# sequences, R x batch images for visual prompts): ``train_many`` splits a batch into groups that fit the
+# device's free memory, measured from a probe of its first step (``tuning.multirun.runs_that_fit``).
 MAX_BATCH_RUNS = 16
 
 

@@ -163,18 +163,79 @@ def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classn
     return [method._scores(b.features, t) for b, t in zip(batches, text)]
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: the GPU's free memory, or Linux's ``MemAvailable``; None when
+    unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _saved_bytes(fn: Callable[[], Tensor]) -> int:
+    """Bytes of the tensors autograd saves for the backward of ``fn()`` (each storage once): what a step keeps
+    alive until its gradient is taken."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def bytes_per_run(method: PromptMethod, runs: list[_Run], classnames: list[str]) -> int:
+    """Memory one more run adds to a shared step: the saved activations of the first step of two runs
+    minus those of one (the frozen weights, saved by both, cancel)."""
+    def step(k: int) -> Callable[[], Tensor]:
+        batches = [r.batch(method, 0, 0)[0] for r in runs[:k]]
+        return lambda: sum(lg.sum() for lg in _logits(method, runs[:k], batches, classnames, True))
+
+    for r in runs[:2]:
+        r.start_epoch(0.0)
+    one, two = _saved_bytes(step(1)), _saved_bytes(step(2))
+    for r in runs[:2]:  # the probe drew from the order (and augmentation) generators: restart them
+        r.order_gen, r.aug_gen = _seeded(r.spec.seed, -1), _seeded(r.spec.seed, -2)
+    return max(two - one, 1)
+
+
+# the share of the free memory the runs' saved activations may take: the forward's transient buffers, the
+# backward's gradients and the evaluation that follows need the rest
+MEMORY_SHARE = 0.5
+
+
+def runs_that_fit(per_run: int, free: int | None, share: float = MEMORY_SHARE) -> int | None:
+    """How many runs' steps fit in ``share`` of ``free`` bytes (at least 1); None when ``free`` is unknown."""
+    return None if free is None else max(1, int(share * free) // per_run)
+
+
 def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[str], cfg: TuneConfig, *,
-               cache: FeatureCache | None = None, stack: bool = True) -> list[Params | Exception]:
+               cache: FeatureCache | None = None, stack: bool = True, memory: int | None = None) -> list[Params | Exception]:
     """Tune every run of ``specs`` (labels index ``classnames``) with the schedule ``cfg``; per run, its
     final parameters as :func:`train_prompts` returns them, or the error that stopped it.
 
     ``stack=False`` steps every run on its own (no shared forward): the same arithmetic as ``train_prompts``, bit for
-    bit, where the shared forward agrees with it up to float rounding (a check when results look off)."""
+    bit, where the shared forward agrees with it up to float rounding (a check when results look off). ``memory``:
+    the bytes free for the step (:func:`available_memory`); the runs are then tuned in groups that fit
+    (:func:`runs_that_fit`, from a probe of the first step), one group after the other."""
     check_rate("the learning rate (--lr)", cfg.lr)
     for spec in specs:
         check_finite(spec.init, "the initial prompts")
     runs = [_Run(method, spec, cfg, cache) if spec.init else None for spec in specs]  # None: nothing to tune
     live = [r for r in runs if r is not None]
+    if stack and memory is not None and len(live) > 1 and steps_together(method):
+        size = runs_that_fit(bytes_per_run(method, live, classnames), memory)
+        if size < len(live):
+            groups = [specs[i:i + size] for i in range(0, len(specs), size)]
+            return [out for g in groups for out in train_many(method, g, classnames, cfg, cache=cache)]
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(cfg, epoch)
         for r in live:
