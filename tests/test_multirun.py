@@ -57,6 +57,17 @@ def _assert_close_to_alone(backbone, spec: RunSpec, out, ref, steps: int = CFG.e
                           scale=float(spec.init[k].abs().max()) + moved / (1 - CFG.momentum), msg=k)
 
 
+def _assert_each_close_to_alone(backbone, method, specs, outs, records) -> None:
+    """Every run tuned together against train_prompts alone: parameters within float rounding, the same epochs,
+    no skipped step, the same losses to float rounding."""
+    for spec, out, rec in zip(specs, outs, records):
+        ref, ref_rec, _ = _alone(method, spec)
+        _assert_close_to_alone(backbone, spec, out, ref)
+        assert [r["epoch"] for r in rec] == [1, 2]
+        for r, q in zip(rec, ref_rec):
+            assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+
+
 def _alone(method, spec: RunSpec, cfg: TuneConfig = CFG):
     records, epochs = [], []
     out = train_prompts(method, spec.init, spec.samples, NAMES, cfg, seed=spec.seed, grad_transform=spec.grad_transform,
@@ -109,12 +120,7 @@ def test_runs_share_one_text_forward_and_agree_within_float_rounding(backbone, g
     # run 2 has 6 images: 2 in its second step, and it is out of each epoch's third
     per_step = [3 * 3, 3 * 3, 3 * 2] if name == "coop" else [3 * (4 + 4 + 4), 3 * (4 + 2 + 4), 3 * (4 + 4)]
     assert calls == per_step * 2
-    for spec, out, rec in zip(specs, outs, records):
-        ref, ref_rec, _ = _alone(method, spec)
-        _assert_close_to_alone(backbone, spec, out, ref)
-        assert [r["epoch"] for r in rec] == [1, 2]
-        for r, q in zip(rec, ref_rec):
-            assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+    _assert_each_close_to_alone(backbone, method, specs, outs, records)
 
 
 @pytest.mark.parametrize("deep", [False, True])
@@ -153,12 +159,7 @@ def test_visual_prompt_runs_share_one_image_forward_and_agree_within_float_round
         del backbone.encode_image_from_stem
     # 2 epochs x 3 steps, batch 4: run 2 has 6 images, 2 in its second step, and it is out of each epoch's third
     assert calls == [(12, True), (10, True), (8, True)] * 2
-    for spec, out, rec in zip(specs, outs, records):
-        ref, ref_rec, _ = _alone(method, spec)
-        _assert_close_to_alone(backbone, spec, out, ref)
-        assert [r["epoch"] for r in rec] == [1, 2]
-        for r, q in zip(rec, ref_rec):
-            assert r["skipped_steps"] == q["skipped_steps"] == 0 and math.isclose(r["loss"], q["loss"], rel_tol=1e-4)
+    _assert_each_close_to_alone(backbone, method, specs, outs, records)
 
 
 def test_saved_bytes_and_runs_that_fit_by_hand():
