@@ -44,17 +44,21 @@ def cluster():
     ray.shutdown()
 
 
-def _experiment(tmp_path, tiny_clip_dir):
-    return load_experiment(_tiny(tmp_path, tiny_clip_dir, rows=ROWS, variants=VARIANTS, meta=META))
+def _experiment(tmp_path, tiny_clip_dir, **extra):
+    return load_experiment(_tiny(tmp_path, tiny_clip_dir, rows=ROWS, variants=VARIANTS, meta=META, **extra))
 
 
 def _key(s: dict) -> tuple:
     return s["label"], s["seed"]
 
 
-def test_ray_runs_every_job_as_the_local_runner_does_then_skips_them(cluster, tiny_clip_dir, tmp_path):
-    on_ray, local = _experiment(tmp_path / "ray", tiny_clip_dir), _experiment(tmp_path / "local", tiny_clip_dir)
+def test_ray_runs_every_job_as_the_local_runner_does_then_skips_them(cluster, tiny_clip_dir, tmp_path, monkeypatch):
+    # a root relative to the runner's directory, which is not the directory the Ray workers started in
+    monkeypatch.chdir(tmp_path)
+    on_ray = _experiment(tmp_path / "ray", tiny_clip_dir, root="ray-root")
+    local = _experiment(tmp_path / "local", tiny_clip_dir)
     run_experiment(on_ray, executor="ray")
+    assert len(list((tmp_path / "ray-root").rglob("summary.json"))) == 8
     run_experiment(local)
     assert all(job_status(on_ray, j) == DONE for j in plan(on_ray))
     a, b = sorted(summaries(on_ray), key=_key), sorted(summaries(local), key=_key)
@@ -62,9 +66,9 @@ def test_ray_runs_every_job_as_the_local_runner_does_then_skips_them(cluster, ti
     for x, y in zip(a, b):  # the same batches (runs tuned together) in both: the same results
         assert (x["base"], x["new"], x["correct"]) == (y["base"], y["new"], y["correct"])
         assert x.get("runs_together") == y.get("runs_together")
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("summary.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray-root").rglob("summary.json")}
     run_experiment(on_ray, executor="ray")  # everything done: nothing is redone
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("summary.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray-root").rglob("summary.json")} == stamps
     with pytest.raises(ValueError, match="unknown executor 'slurm'"):
         run_experiment(on_ray, executor="slurm")
 

@@ -360,8 +360,12 @@ def _pool_job(job: Job | list[Job]) -> list[tuple[Job, dict | None]]:
 _RAY_WORKERS: dict[tuple, Worker] = {}  # per Ray worker process: what its tasks share (backbone, cache, datasets)
 
 
-def _ray_job(task: tuple[Experiment, str | None, Job | list[Job]]) -> list[tuple[Job, dict | None]]:
-    exp, device, unit = task
+def _ray_job(task: tuple[Experiment, str | None, Job | list[Job], str]) -> list[tuple[Job, dict | None]]:
+    exp, device, unit, cwd = task
+    if not os.path.isdir(cwd):
+        raise FileNotFoundError(f"the runner's working directory {cwd} does not exist on this Ray node: relative run "
+                                "folders and data paths resolve against it, so it must be on storage every node shares")
+    os.chdir(cwd)  # relative roots and data paths mean what they mean to the runner
     key = (exp.backbone, exp.dtype, device)
     if key not in _RAY_WORKERS:
         _RAY_WORKERS[key] = Worker(exp, device)
@@ -373,14 +377,15 @@ def _ray_job(task: tuple[Experiment, str | None, Job | list[Job]]) -> list[tuple
 def _on_ray(exp: Experiment, units: list, device: str | None, address: str | None) -> Iterator[list]:
     """Each unit (a meta-training, a batch of runs) as one Ray task, on the cluster at ``address`` (None:
     ``RAY_ADDRESS``, else a cluster started on this node with ``ray start``, else a local instance). A task
-    asks for one GPU when ``device`` is CUDA, or when ``device`` is unset and the cluster has GPUs. Run folders
-    must be on storage every node shares. A task whose worker dies is rerun (its unfinished folder is redone)."""
+    asks for one GPU when ``device`` is CUDA, or when ``device`` is unset and the cluster has GPUs. Tasks run in
+    the runner's working directory, so it and the run folders must be on storage every node shares (same path). A
+    task whose worker dies is rerun (its unfinished folder is redone)."""
     from ..chc.executor import RayExecutor
 
     executor = RayExecutor(address)
     gpus = 1 if (device or "").startswith("cuda") or (device is None and executor.gpus()) else 0
-    return executor.imap_unordered(_ray_job, [(exp, "cuda" if gpus and device is None else device, u) for u in units],
-                                   num_gpus=gpus)
+    task_device = "cuda" if gpus and device is None else device
+    return executor.imap_unordered(_ray_job, [(exp, task_device, u, os.getcwd()) for u in units], num_gpus=gpus)
 
 
 def _in_pool(exp: Experiment, units: list, jobs: int, device: str | None) -> Iterator[list]:
