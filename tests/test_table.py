@@ -4,7 +4,7 @@ import pytest
 
 from gramprompt.eval.metrics import harmonic_mean
 from gramprompt.eval.table import (base2new_table, collect, paper_table, render, significance_table, transfer_significance_table,
-                                   transfer_table)
+                                   transfer_spread_table, transfer_table)
 from gramprompt.runs import RunDir
 
 
@@ -241,6 +241,23 @@ def _transfer_bits(label, seed, hierarchy, source, targets):
     return {"protocol": "transfer", "dataset": "src", "label": label, "method": "coop", "seed": seed,
             "hierarchy": hierarchy, "source": acc(source), "targets": {t: acc(b) for t, b in targets.items()},
             "correct": {"source": source, "targets": targets}}
+
+
+def test_transfer_seed_spread_by_hand_per_hierarchy():
+    # CoOp: seed 1 (T1 50, T2 100) -> 75, seed 2 (0, 50) -> 25: 50.00 ± 35.36 (sample std of 75, 25).
+    # GRAM on hierarchy 0: 100 and 87.5 -> 93.75 ± 8.84; on hierarchy 1: 50 and 50 -> 50.00 ± 0.00.
+    runs = [_transfer_bits("coop", 1, None, "1", {"T1": "10", "T2": "1111"}),
+            _transfer_bits("coop", 2, None, "1", {"T1": "00", "T2": "0110"}),
+            _transfer_bits("gram", 1, 0, "1", {"T1": "11", "T2": "1111"}),
+            _transfer_bits("gram", 2, 0, "1", {"T1": "11", "T2": "1110"}),
+            _transfer_bits("gram", 1, 1, "1", {"T1": "10", "T2": "0110"}),
+            _transfer_bits("gram", 2, 1, "1", {"T1": "10", "T2": "0110"})]
+    table = transfer_spread_table(runs, [("coop", "CoOp"), ("gram", "GRAM"), ("none", "Nothing run")], "src",
+                                  ["T1", "T2"])
+    rows = _sig_rows(table)
+    assert rows["CoOp"][1:] == ["50.00 ± 35.36", "1, 2"]
+    assert rows["GRAM"][1:] == ["h0: 93.75 ± 8.84; h1: 50.00 ± 0.00", "1, 2 (hierarchies 0, 1)"]
+    assert "Nothing run" not in rows
 
 
 def test_transfer_significance_source_and_target_average_per_hierarchy():

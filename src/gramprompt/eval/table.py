@@ -358,6 +358,26 @@ def transfer_paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, st
     return _markdown(["Method", f"{source} (source)", *targets, "Average"], out)
 
 
+def transfer_spread_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], source: str,
+                          targets: Sequence[str]) -> str:
+    """The seed spread of Tables 2-5: per row, the accuracy averaged over ``targets`` as mean ± std over seeds; a
+    row over several hierarchies gets one cell per hierarchy (``h0: ...; h1: ...``), which Table 1's pooled
+    cells hide."""
+    runs = [s for s in summaries if protocol(s) == TRANSFER]
+    out = []
+    for label, title in rows:
+        group = [s for s in _seed_group(runs, source, label) if all(t in s["targets"] for t in targets)]
+        if not group or not targets:
+            continue
+        cells = []
+        for h in _hierarchies(group) or [None]:
+            mean, std = mean_std(np.mean([float(s["targets"][t]) for t in targets])
+                                 for s in group if hierarchy(s) == h)
+            cells.append(("" if h is None else f"h{h}: ") + f"{mean:.2f} ± {std:.2f}")
+        out.append([title, "; ".join(cells), _seeds(group)])
+    return _markdown(["Method", "Average over the targets, mean ± std over seeds", "seeds"], out)
+
+
 def transfer_significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[str, str, str, str]],
                                 source: str, targets: Sequence[str], *, replicates: int = 2000,
                                 level: float = 0.95, seed: int = 0) -> str:

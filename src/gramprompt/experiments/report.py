@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..data.registry import spec_name
-from ..eval.table import paper_table, row_label, significance_table, transfer_paper_table, transfer_significance_table
+from ..eval.table import (paper_table, row_label, significance_table, transfer_paper_table, transfer_significance_table,
+                          transfer_spread_table)
 from .config import Experiment, Row
 from .runner import plan, summaries
 
@@ -42,6 +43,7 @@ def experiment_tables(exp: Experiment) -> str:
         else:
             source = spec_name(exp.source)
             body = transfer_paper_table(runs, pairs, source, columns)
+            body += "\n\nSeed spread:\n\n" + transfer_spread_table(runs, pairs, source, columns)
             if tests:
                 body += "\n\n" + transfer_significance_table(runs, tests, source, columns)
         parts.append(f"## {table.title}\n\n{body}")
