@@ -185,17 +185,16 @@ def test_runs_split_into_groups_that_fit_the_memory(backbone, gen, name):
     ample, _, _ = _together(method, specs, memory=10 * per_run * len(specs))
     plain, _, _ = _together(method, specs)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(ample, plain) for k in a)
-    calls = []
-    with_count = lambda *a, **kw: calls.append(len(a[1])) or train_many(*a, **kw)  # noqa: E731
+    calls = []  # the runs of each shared forward: the probe's 1 and 2, then the groups' steps
     import gramprompt.tuning.multirun as multirun
 
-    original = multirun.train_many
-    multirun.train_many = with_count
+    original = multirun._logits
+    multirun._logits = lambda m, runs, *a: calls.append(len(runs)) or original(m, runs, *a)
     try:
         alone, _, _ = _together(method, specs, memory=per_run)  # share 0.5: fits one run
     finally:
-        multirun.train_many = original
-    assert calls == [1, 1, 1]
+        multirun._logits = original
+    assert calls[:2] == [1, 2] and set(calls[2:]) == {1} and len(calls) == 2 + 2 * (3 + 2 + 3)  # each run alone
     for spec, out in zip(specs, alone):
         ref, _, _ = _alone(method, spec)
         _assert_close_to_alone(backbone, spec, out, ref)

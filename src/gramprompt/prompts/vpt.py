@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .base import Batch, PromptMethod
+from .joint import Joint
 
 
 class VPT(PromptMethod):
@@ -35,7 +36,5 @@ def vpt_like(method: PromptMethod | type[PromptMethod]) -> bool:
     per run, and text features from the template (VPT) or from one context per run (joint), so several runs'
     images can share one image-tower forward with per-image prompts (the multi-run tuner). Takes a method or
     its class."""
-    from .joint import Joint
-
     cls = method if isinstance(method, type) else type(method)
     return (issubclass(cls, VPT) and cls.logits is VPT.logits) or (issubclass(cls, Joint) and cls.logits is Joint.logits)

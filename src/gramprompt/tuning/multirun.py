@@ -131,6 +131,11 @@ def steps_together(method: PromptMethod | type[PromptMethod]) -> bool:
     return coop_like(method) or cocoop_like(method) or vpt_like(method)
 
 
+def _stacked_text(method: PromptMethod, runs: list[_Run], classnames: list[str]) -> Tensor:
+    """One context per run, (R, M, d), through one text-encoder forward: (R, C, D)."""
+    return method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)
+
+
 def _vpt_logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str]) -> list[Tensor]:
     """Every run's images through the image tower at once, each with its run's visual prompts; joint runs'
     contexts through the text encoder at once."""
@@ -139,8 +144,8 @@ def _vpt_logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], cl
     sizes = [len(x) for x in inputs]
     prompts = torch.cat([r.params[VIS].expand(n, *r.params[VIS].shape) for r, n in zip(runs, sizes)])
     images = method._image_features(Batch(**{field: torch.cat(inputs)}), prompts, per_image=True).split(sizes)
-    if CTX in runs[0].params:  # joint: (R, M, d) -> (R, C, D)
-        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)
+    if CTX in runs[0].params:  # joint
+        text = _stacked_text(method, runs, classnames)
         return [method._scores(img, text[i]) for i, img in enumerate(images)]
     text = method.text.template_features(classnames, method.template)
     return [method._scores(img, text) for img in images]
@@ -154,8 +159,8 @@ def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classn
         return _vpt_logits(method, runs, batches, classnames)
     if not (stack and steps_together(method) and all(b.features is not None for b in batches)):
         return [method.logits(r.params, b, classnames) for r, b in zip(runs, batches)]
-    if coop_like(method):  # one context per run: (R, M, d) -> (R, C, D)
-        text = method._context_text_features(torch.stack([r.params[CTX] for r in runs]), classnames)
+    if coop_like(method):  # one context per run
+        text = _stacked_text(method, runs, classnames)
         return [method._scores(b.features, text[i]) for i, b in enumerate(batches)]
     # one context per image: every run's images in one (N, M, d) -> (N, C, D)
     contexts = [method.contexts(r.params, b.features) for r, b in zip(runs, batches)]
@@ -231,11 +236,17 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
         check_finite(spec.init, "the initial prompts")
     runs = [_Run(method, spec, cfg, cache) if spec.init else None for spec in specs]  # None: nothing to tune
     live = [r for r in runs if r is not None]
+    size = max(len(live), 1)
     if stack and memory is not None and len(live) > 1 and steps_together(method):
-        size = runs_that_fit(bytes_per_run(method, live, classnames), memory)
-        if size < len(live):
-            groups = [specs[i:i + size] for i in range(0, len(specs), size)]
-            return [out for g in groups for out in train_many(method, g, classnames, cfg, cache=cache)]
+        size = min(size, runs_that_fit(bytes_per_run(method, live, classnames), memory))
+    for i in range(0, len(live), size):  # the groups that fit, one after the other
+        _train_group(method, live[i:i + size], classnames, cfg, stack)
+    return [{} if r is None else r.error if r.error is not None else {k: v.detach() for k, v in r.params.items()}
+            for r in runs]
+
+
+def _train_group(method: PromptMethod, live: list[_Run], classnames: list[str], cfg: TuneConfig, stack: bool) -> None:
+    """Every epoch of the runs ``live``, stepped together; a run that fails keeps its error in ``error``."""
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(cfg, epoch)
         for r in live:
@@ -265,5 +276,3 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
                           "Lower --lr, or check the --init prompts and the training images.")
         except NonFiniteError as err:
             r.error = err
-    return [{} if r is None else r.error if r.error is not None else {k: v.detach() for k, v in r.params.items()}
-            for r in runs]
