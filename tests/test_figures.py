@@ -279,6 +279,31 @@ def test_fig3b_series_legend_and_smoothing(meta_runs, tmp_path):
     assert [s.label for s in figures.alignment_series([meta_runs[0], other])] == ["meta/coop", "other/coop"]
 
 
+def test_fig3b_pools_a_label_and_draws_the_unregulated_alignment(tmp_path):
+    folders = []
+    for h, (values, raw) in enumerate((([0.2, 0.4, 0.6], [0.1, 0.1, 0.2]), ([0.4, 0.6, 0.8, 0.9], [0.3, 0.3, 0.4, 0.5]))):
+        folder = tmp_path / f"h{h}" / "unigram"
+        folder.mkdir(parents=True)
+        log = _meta_log(values)
+        for rec in log:
+            if "alignment" in rec:
+                rec["alignment_raw"] = raw[rec["iteration"] // 10 - 1]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        folders.append(folder)
+    (series,) = figures.alignment_series(folders, ["UNIGRAM", "UNIGRAM"])
+    # iterations both logged (the second ran longer); means by hand
+    assert series.runs == 2 and series.iterations == (10, 20, 30)
+    assert series.values == pytest.approx((0.3, 0.5, 0.7)) and series.raw == pytest.approx((0.2, 0.2, 0.3))
+    lines = {line.get_label(): line for line in figures.fig3b([series]).axes[0].get_lines()}
+    assert list(lines["UNIGRAM (mean of 2)"].get_ydata()) == pytest.approx([0.3, 0.5, 0.7])
+    assert lines["UNIGRAM: unregulated gradient"].get_linestyle() == "--"
+    # a folder without the raw records: its series has none, and no dashed line
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _meta_log([0.1, 0.2, 0.3])))
+    (mixed,) = figures.alignment_series([folders[0], tmp_path / "old"], ["x", "x"])
+    assert mixed.raw is None and mixed.values == pytest.approx((0.15, 0.3, 0.45))
+
+
 def test_fig3b_cli(meta_runs, tmp_path, capsys):
     out = tmp_path / "fig3b.png"
     assert main(["figure", "fig3b", *map(str, meta_runs), "--out", str(out), "--smooth", "3",

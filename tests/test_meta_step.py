@@ -37,11 +37,11 @@ def test_identity_regulator_is_plain_sgd(setup):
         phi[k].zero_()
         if k.endswith("b_gamma"):
             phi[k].fill_(20.0)  # gamma = tanh(20) = 1, beta = 0
-    adapted, _ = adapt(method, theta, phi, LITERAL, tasks[0], alpha=0.5)
+    adapted, _, _ = adapt(method, theta, phi, LITERAL, tasks[0], alpha=0.5)
     loss, _ = task_loss(method, theta, tasks[0].support, tasks[0].support_y, CLASSES)
     (g,) = torch.autograd.grad(loss, [theta["text_ctx"]])
     torch.testing.assert_close(adapted["text_ctx"], theta["text_ctx"] - 0.5 * g)
-    raw, _ = adapt(method, theta, None, LITERAL, tasks[0], alpha=0.5)  # --no-regulator
+    raw, _, _ = adapt(method, theta, None, LITERAL, tasks[0], alpha=0.5)  # --no-regulator
     torch.testing.assert_close(raw["text_ctx"], adapted["text_ctx"])
 
 
@@ -112,4 +112,14 @@ def test_stats_are_logged(setup):
     method, theta, phi, tasks = setup
     loss, stats = meta_loss(method, theta, phi, LITERAL, tasks, alpha=1.0)
     assert loss.requires_grad and -1.0 <= stats.alignment <= 1.0
+    # the raw alignment by hand: cos(g_support, g_query) at theta, averaged over the tasks
+    cos = []
+    for t in tasks:
+        g = [torch.autograd.grad(task_loss(method, theta, b, y, CLASSES)[0], [theta["text_ctx"]])[0].reshape(-1)
+             for b, y in ((t.support, t.support_y), (t.query, t.query_y))]
+        cos.append(float(g[0] @ g[1] / (g[0].norm() * g[1].norm())))
+    assert stats.alignment_raw == pytest.approx(sum(cos) / len(cos), abs=1e-5)
+    assert abs(stats.alignment - stats.alignment_raw) > 1e-4  # phi (random weights, a bias) turns the gradient
+    _, plain = meta_loss(method, theta, None, LITERAL, tasks, alpha=1.0)
+    assert plain.alignment == plain.alignment_raw == pytest.approx(stats.alignment_raw, abs=1e-6)
     assert 0 <= stats.query_acc_before <= 100 and stats.query_loss_after > 0

@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("fig3a", "test accuracy per epoch, base (solid) and new (dashed), per label",
              "base-to-new runs tuned with --eval-every-epoch (searched recursively)"),
             ("fig3b", "normalized support-query gradient inner product during meta-training",
-             "gram meta-train run folders, one line each")):
+             "gram meta-train run folders, one line each (folders given one --labels name: their mean)")):
         f = figs.add_parser(name, help=text, description=text)
         f.add_argument("dirs", nargs="+", type=Path, metavar="RUN_DIRS", help=dirs_help)
         f.add_argument("--out", required=True, type=Path, help="image to write, e.g. fig.png")
@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
             f.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                            help="plot only runs with these labels, in this order")
         if name == "fig3b":
-            f.add_argument("--labels", nargs="+", default=None, help="legend names, one per run folder")
+            f.add_argument("--labels", nargs="+", default=None, help="legend names, one per run folder; a name given "
+                           "to several folders (one variant on several hierarchies) draws their mean")
             f.add_argument("--smooth", type=int, default=1, metavar="K",
                            help="trailing moving average over K logged points (default 1: none)")
         f.set_defaults(fn=cmd_figure)

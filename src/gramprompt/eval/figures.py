@@ -5,7 +5,8 @@
 * Fig. 3a: test accuracy per epoch, base (solid) and new (dashed), from runs tuned with
   ``--eval-every-epoch`` (``{"epoch", "test_base", "test_new"}`` records in ``metrics.jsonl``);
 * Fig. 3b: the normalized inner product of the regulated support gradient and the query gradient
-  against meta-training iteration (``{"iteration", "alignment"}`` records of ``gram meta-train``).
+  against meta-training iteration (``{"iteration", "alignment"}`` records of ``gram meta-train``),
+  beside the unregulated gradient's (``alignment_raw``) where logged.
 
 Loaders read run folders; the ``*_data`` functions are the pure aggregation (what the tests check);
 the figure functions turn records into a :class:`~matplotlib.figure.Figure` on its own Agg canvas,
@@ -363,20 +364,23 @@ def fig3a(runs: Sequence[EpochRun], only: Sequence[str] | None = None, title: st
 
 @dataclass(frozen=True)
 class AlignmentSeries:
-    """The support-query gradient alignment logged by one meta-training run."""
+    """The support-query gradient alignment logged by meta-training, one run or the mean of several
+    (``runs``); ``raw`` is the same tasks' alignment with the unregulated support gradient, where logged."""
 
     label: str
     iterations: tuple[int, ...]
     values: tuple[float, ...]
+    raw: tuple[float, ...] | None = None
+    runs: int = 1
 
 
-def alignment_records(records: Iterable[dict]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """(iterations, alignment) of a meta-training log, by iteration, finite values only; the last record
+def alignment_records(records: Iterable[dict], key: str = "alignment") -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(iterations, ``key``) of a meta-training log, by iteration, finite values only; the last record
     of an iteration wins (a resumed run may redo a few)."""
     by_it: dict[int, float] = {}
     for r in records:
-        if "iteration" in r and r.get("alignment") is not None and math.isfinite(float(r["alignment"])):
-            by_it[int(r["iteration"])] = float(r["alignment"])
+        if "iteration" in r and r.get(key) is not None and math.isfinite(float(r[key])):
+            by_it[int(r["iteration"])] = float(r[key])
     its = tuple(sorted(by_it))
     return its, tuple(by_it[i] for i in its)
 
@@ -387,8 +391,20 @@ def _legend_names(folders: Sequence[Path]) -> list[str]:
     return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
 
 
+def _pooled(label: str, runs: list[tuple[dict[int, float], dict[int, float]]]) -> AlignmentSeries:
+    """The mean over runs at the iterations all of them logged; ``raw`` only if every run logged it."""
+    its = sorted(set.intersection(*(set(v) for v, _ in runs)))
+    if not its:
+        raise ValueError(f"the runs labelled {label!r} share no logged iteration")
+    raw = None
+    if all(set(its) <= set(r) for _, r in runs):
+        raw = tuple(_mean(r[i] for _, r in runs) for i in its)
+    return AlignmentSeries(label, tuple(its), tuple(_mean(v[i] for v, _ in runs) for i in its), raw, len(runs))
+
+
 def alignment_series(dirs: Sequence[str | os.PathLike], labels: Sequence[str] | None = None) -> list[AlignmentSeries]:
-    """One series per meta-training run folder; legend from ``labels`` or the folder names."""
+    """One series per legend name (from ``labels`` or the folder names), in first-seen order: folders
+    given the same name (e.g. one variant on several CHC hierarchies) are pooled into their mean."""
     folders = [Path(d) for d in dirs]
     if labels is not None and len(labels) != len(folders):
         raise ValueError(f"--labels gives {len(labels)} name(s) for {len(folders)} run folder(s)")
@@ -398,14 +414,15 @@ def alignment_series(dirs: Sequence[str | os.PathLike], labels: Sequence[str] | 
         if not (f / METRICS).is_file():
             raise ValueError(f"{f} has no {METRICS}: not a `gram meta-train` run folder")
     names = list(labels) if labels is not None else _legend_names([f.resolve() for f in folders])
-    out = []
+    groups: dict[str, list[tuple[dict[int, float], dict[int, float]]]] = {}
     for f, name in zip(folders, names):
-        its, vals = alignment_records(RunDir(f).read_metrics())
+        records = RunDir(f).read_metrics()
+        its, vals = alignment_records(records)
         if not its:
             raise ValueError(f"{f / METRICS} has no `alignment` records (gram meta-train logs them every "
                              "--stats-every iterations; --pretrain runs have none)")
-        out.append(AlignmentSeries(name, its, vals))
-    return out
+        groups.setdefault(name, []).append((dict(zip(its, vals)), dict(zip(*alignment_records(records, "alignment_raw")))))
+    return [_pooled(name, runs) for name, runs in groups.items()]
 
 
 def moving_average(values: Sequence[float], k: int) -> list[float]:
@@ -416,15 +433,20 @@ def moving_average(values: Sequence[float], k: int) -> list[float]:
 
 
 def fig3b(series: Sequence[AlignmentSeries], smooth: int = 1, title: str | None = None) -> Figure:
-    """Alignment against meta-training iteration, one line per run; with ``smooth`` > 1 the raw values
-    stay as a faint line under their moving average."""
+    """Alignment against meta-training iteration, one line per series; dashed in the same colour, the
+    unregulated gradient's alignment on the same tasks where it was logged (what R_phi adds is the gap).
+    With ``smooth`` > 1 the raw values stay as a faint line under their moving average."""
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     for i, s in enumerate(series):
         colour = f"C{i % 10}"
         if smooth > 1:
             ax.plot(s.iterations, s.values, color=colour, alpha=0.25, linewidth=1)
-        ax.plot(s.iterations, moving_average(s.values, smooth), color=colour, linewidth=1.6, label=s.label)
+        label = s.label if s.runs == 1 else f"{s.label} (mean of {s.runs})"
+        ax.plot(s.iterations, moving_average(s.values, smooth), color=colour, linewidth=1.6, label=label)
+        if s.raw is not None:
+            ax.plot(s.iterations, moving_average(s.raw, smooth), color=colour, linewidth=1.2, linestyle="--",
+                    label=f"{s.label}: unregulated gradient")
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xlabel("meta-training iteration")
     ax.set_ylabel("normalized gradient inner product")

@@ -118,7 +118,7 @@ def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, r
     support, query = _Stacked(method, tasks, "support"), _Stacked(method, tasks, "query")
     copies = theta[CTX].unsqueeze(0).expand(n_tasks, -1, -1)  # theta_t: a view, so grads flow back to theta
     with second_order_context(second_order):
-        ctx, first, g_query, before = copies, None, None, None
+        ctx, raw, first, g_query, before = copies, None, None, None, None
         for step in range(steps):
             text = _text_features(method, tokens, ctx)
             s_loss, _ = support.losses(method, text)
@@ -130,6 +130,8 @@ def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, r
                                        retain_graph=second_order or (step == 0 and stats))
             if step == 0 and stats:
                 (g_query,) = torch.autograd.grad(before[0].sum(), [ctx], retain_graph=second_order)
+            if step == 0:
+                raw = g
             g = _regulate(phi, g, regulator)
             if step == 0:
                 first = g
@@ -138,8 +140,11 @@ def batched_meta_loss(method: PromptMethod, theta: Params, phi: Params | None, r
     total = q_losses.sum()
     if not stats:
         return total, None
-    align = F.cosine_similarity(first.detach().reshape(n_tasks, -1).float(), g_query.reshape(n_tasks, -1).float(), dim=1)
+    def align(g: Tensor) -> float:
+        return mean(F.cosine_similarity(g.detach().reshape(n_tasks, -1).float(), g_query.reshape(n_tasks, -1).float(),
+                                        dim=1).tolist())
+
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     b_losses, b_logits = before
     return total, StepStats(mean(b_losses.tolist()), mean(query.accuracy(b_logits)), mean(q_losses.tolist()),
-                            mean(query.accuracy(q_logits)), mean(align.tolist()))
+                            mean(query.accuracy(q_logits)), align(first), align(raw))

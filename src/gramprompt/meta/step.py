@@ -53,24 +53,28 @@ def second_order_context(create_graph: bool):
 
 
 def adapt(method: PromptMethod, theta: Params, phi: Params | None, regulator: RegulatorConfig | str,
-          task: TaskData, alpha: float, steps: int = 1, create_graph: bool = False) -> tuple[Params, Params]:
+          task: TaskData, alpha: float, steps: int = 1,
+          create_graph: bool = False) -> tuple[Params, Params, Params]:
     """theta' after ``steps`` regulated SGD steps on the support set (``phi=None``: raw gradient);
     ``regulator`` is phi's RegulatorConfig (or just its shape, in the default form).
 
-    Returns theta' and the first step's regulated gradient (for the alignment statistic)."""
+    Returns theta' and the first step's raw and regulated gradients (for the alignment statistics)."""
     params = dict(theta)
+    raw: Params = {}
     first: Params = {}
     for step in range(steps):
         loss, _ = task_loss(method, params, task.support, task.support_y, task.classnames)
         names = [k for k, v in params.items() if v.requires_grad]
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
         grads = dict(zip(names, grads))
+        if step == 0:
+            raw = grads
         if phi is not None:
             grads = regulate(phi, grads, regulator)
         if step == 0:
             first = grads
         params = {k: (v - alpha * grads[k]) if k in grads else v for k, v in params.items()}
-    return params, first
+    return params, raw, first
 
 
 @dataclass
@@ -80,18 +84,20 @@ class StepStats:
     query_loss_after: float
     query_acc_after: float
     alignment: float  # mean over tasks of cos(R_phi(g_support), g_query), both at theta
+    alignment_raw: float  # the same with the raw g_support: what R_phi adds is alignment - alignment_raw
 
 
 def meta_loss(method: PromptMethod, theta: Params, phi: Params | None, regulator: RegulatorConfig | str,
               tasks: list[TaskData], alpha: float, steps: int = 1, second_order: bool = False,
               stats: bool = True) -> tuple[Tensor, StepStats | None]:
     """sum_t L(theta'_t; query_t), differentiable in theta and phi; with ``stats``, the logged
-    before/after query loss and accuracy and the support-query gradient alignment (paper Fig. 3b)."""
+    before/after query loss and accuracy and the support-query gradient alignment (paper Fig. 3b), with
+    and without the regulator on the same tasks."""
     total = 0.0
-    before_l, before_a, after_l, after_a, align = [], [], [], [], []
+    before_l, before_a, after_l, after_a, align, align_raw = [], [], [], [], [], []
     with second_order_context(second_order):
         for task in tasks:
-            adapted, g_support = adapt(method, theta, phi, regulator, task, alpha, steps, second_order)
+            adapted, g_raw, g_support = adapt(method, theta, phi, regulator, task, alpha, steps, second_order)
             loss, logits = task_loss(method, adapted, task.query, task.query_y, task.classnames)
             total = total + loss
             if stats:
@@ -103,10 +109,12 @@ def meta_loss(method: PromptMethod, theta: Params, phi: Params | None, regulator
                 before_l.append(q_loss.item())
                 before_a.append(_acc(q_logits, task.query_y))
                 align.append(_cosine([g_support[k].detach() for k in names], list(g_query)))
+                align_raw.append(_cosine([g_raw[k].detach() for k in names], list(g_query)))
     if not stats:
         return total, None
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return total, StepStats(mean(before_l), mean(before_a), mean(after_l), mean(after_a), mean(align))
+    return total, StepStats(mean(before_l), mean(before_a), mean(after_l), mean(after_a), mean(align),
+                            mean(align_raw))
 
 
 def _acc(logits: Tensor, y: Tensor) -> float:
