@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ...data.images import ImageTransform
 from ..base import TokenizedText
 from ..hf_clip import BackboneError, listing
+from .fused import fuse_for_inference
 from .head import IMAGENET_CLASSES, HeadConfig, ImageHead
 from .towers import load_efficientnet_lite0, load_minilm
 
@@ -101,7 +102,9 @@ class DefaultBackbone(nn.Module):
 
     def __init__(self, head: ImageHead, *, trunk: nn.Module | None = None, text: MiniLMText | None = None):
         super().__init__()
-        self.trunk = trunk if trunk is not None else load_efficientnet_lite0()
+        # the trunk is frozen: by default its BatchNorms are folded into its convolutions (same output up to
+        # float rounding, ~2.5x faster on CPU); `gram build-default-backbone` keeps the library model
+        self.trunk = trunk if trunk is not None else fuse_for_inference(load_efficientnet_lite0())
         self.text = text if text is not None else MiniLMText()
         self.head = head.eval().requires_grad_(False)
         self.trunk.eval().requires_grad_(False)
@@ -136,7 +139,8 @@ class DefaultBackbone(nn.Module):
 
     def trunk_outputs(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """EfficientNet's 7x7 feature map and its ImageNet logits."""
-        fmap = self.trunk.extract_features(pixels.to(self.device, self.dtype))
+        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        fmap = self.trunk.extract_features(pixels)
         logits = self.trunk._fc(fmap.mean((2, 3)))
         return fmap, logits
 
