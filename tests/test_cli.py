@@ -150,6 +150,7 @@ def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_pa
     experiments = demo_experiments(overrides=small, quick=True)
     report = run_demo(experiments)
     assert "Table 1" in report and "6 topics" in report
+    assert "(CHC " in report and ", meta-training " in report and ", few-shot runs " in report  # the stage split
     for row in load_experiment("offline/base2new").rows:
         assert f"| {row.title} |" in report
     summary = tmp_path / "demo" / "runs" / "base2new" / "digits"
@@ -157,11 +158,23 @@ def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_pa
     assert gram_row["label"] == "coop+gram" and gram_row["init"].endswith("meta/coop/gram.safetensors")
     stamps = {p: p.stat().st_mtime_ns for p in [*summary.rglob("summary.json"), *(tmp_path / "demo").glob("*/*/gram.*")]}
     assert len(stamps) == 8 + 3  # one run per row; checkpoints of coop, vpt, unigram
-    run_demo(experiments)  # a second run reuses every stage
+    again = run_demo(experiments)  # a second run reuses every stage
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert "few-shot runs" not in again and "zero-shot table" in again
     run_demo(demo_experiments(overrides=[*small, "meta.inner_lr=0.05"], quick=True))  # GRAM rows only are redone
     changed = {p.parent.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t and p.name == "summary.json"}
     assert changed == {"coop+gram", "vpt+gram", "unigram"}
+
+
+def test_the_demo_is_table1_at_a_smaller_size():
+    from gramprompt.demo import DEMO, FULL, demo_experiments
+
+    (demo,), (full,) = demo_experiments(DEMO), demo_experiments(FULL)
+    assert full.name == "base2new" and demo.root != full.root  # its reduced checkpoints never mix with Table 1's
+    assert demo.rows == full.rows and demo.datasets == full.datasets and demo.shots == full.shots
+    assert demo.group == full.group and demo.fewshot["tune"] == full.fewshot["tune"]
+    assert tuple(demo.seeds) == (1, 2, 3) and tuple(demo.hierarchy.all_seeds()) == (0,) and len(full.hierarchy.all_seeds()) == 3
+    assert demo.meta["iterations"] < full.meta.get("iterations", 300)
 
 
 def test_several_hierarchies_share_features_and_each_gets_its_own_gram_rows(tiny_clip_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -166,12 +167,12 @@ def cmd_make_random_clip(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import ABLATIONS, DEMO, demo_experiments, run_demo
+    from .demo import ABLATIONS, DEMO, FULL, demo_experiments, run_demo
 
     overrides = [f"{k}={v}" for k, v in (("root", a.out), ("backbone", a.backbone), ("hierarchy.pairs", a.pairs),
                                          ("datasets", a.datasets and f"[{', '.join(a.datasets)}]"),
                                          ("seeds", a.seeds and f"[{', '.join(map(str, a.seeds))}]")) if v]
-    configs = [ABLATIONS[t] for t in a.tables] if a.ablations else DEMO
+    configs = [ABLATIONS[t] for t in a.tables] if a.ablations else FULL if a.full else DEMO
     print(run_demo(demo_experiments(configs, [*overrides, *a.set], a.quick), jobs=a.jobs, device=a.device,
                    max_batch_runs=a.max_batch_runs))
     return 0
@@ -487,21 +488,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, ablations, text in (
             ("demo", False, "offline GRAM pipeline: CHC on openclipart, meta-training, then the paper's Table 1 "
-                            "(base-to-new) for CLIP, CoCoOp, CoOp, CoOp+GRAM, VPT, VPT+GRAM and UNIGRAM"),
+                            "(base-to-new) for CLIP, CoCoOp, CoOp, CoOp+GRAM, VPT, VPT+GRAM and UNIGRAM, at a size "
+                            "that takes about 15 minutes on 2 cores (--full: the README's Table 1, hours)"),
             ("ablations", True, "the demo's pipeline for the paper's Table 6 (ablations of UNIGRAM) and Table 7 "
                                 "(prompt token counts)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--quick", action="store_true", help="the same pipeline at reduced size (a smoke run)")
+        if not ablations:
+            p.add_argument("--full", action="store_true",
+                           help="the README's Table 1 (offline/base2new: 3 CHC hierarchies, 5 seeds) instead of "
+                                "the demo's size (offline/demo)")
         p.add_argument("--out", default=None,
-                       help="root folder (default runs/offline, runs/offline-quick with --quick); stages and runs "
-                            "with unchanged settings are reused")
+                       help="root folder (default: the config's, runs/offline-demo, runs/offline with --full or "
+                            "ablations, runs/offline-quick with --quick); stages and runs with unchanged settings "
+                            "are reused")
         p.add_argument("--backbone", default=None, help="backbone spec (default: the shipped offline backbone)")
         p.add_argument("--pairs", default=None, help="image-text pairs for CHC (default openclipart; see gram chc)")
         p.add_argument("--datasets", nargs="+", default=None)
         p.add_argument("--seeds", nargs="+", type=int, default=None)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a key of the configs (see gram experiment)")
-        p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
+        p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                       help="worker processes for meta-training and few-shot runs (default: 2, or 1 on one core)")
         p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
                        help=f"few-shot runs of a CoOp, CoCoOp, VPT or joint row that differ only in seed and start "
                             f"are tuned together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")

@@ -446,8 +446,9 @@ EXECUTORS = ("local", "ray")
 
 def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
                    worker: Worker | None = None, max_batch_runs: int = MAX_BATCH_RUNS, executor: str = "local",
-                   address: str | None = None) -> None:
-    """Do every job that is not done. CHC runs in this process; meta-training and few-shot runs go to
+                   address: str | None = None) -> dict[str, float]:
+    """Do every job that is not done; returns the wall time (s) of each stage that had work ("chc",
+    "meta", "run"). CHC runs in this process; meta-training and few-shot runs go to
     ``jobs`` worker processes when ``jobs > 1`` (each with ``cpu_count // jobs`` threads), or with
     ``executor="ray"`` to a Ray cluster, one task per meta-training and per batch of runs (:func:`_on_ray`).
     Few-shot runs that can share a pass are tuned together, ``max_batch_runs`` at most (:func:`batches`; 1: one
@@ -455,10 +456,12 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}: use {' or '.join(EXECUTORS)}")
     exp.check_inputs()
+    seconds: dict[str, float] = {}
     for kind in ("chc", "meta", "run"):  # statuses are read after the previous stage: a new checkpoint makes runs stale
         todo = [j for j in plan(exp) if j.kind == kind and job_status(exp, j) != DONE]
         if not todo:
             continue
+        start = time.perf_counter()
         for job in todo if kind == "meta" and exp.hierarchy is not None else ():
             if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
                 raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
@@ -475,7 +478,9 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
                 for job, result in results:
                     tqdm.write(_line(job, result))
                     bar.update()
+        seconds[kind] = time.perf_counter() - start
     record_hierarchies(exp)
+    return seconds
 
 
 def record_hierarchies(exp: Experiment) -> None:
