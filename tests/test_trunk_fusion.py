@@ -32,6 +32,26 @@ def test_fused_trunk_equals_the_library_model(trunks, gen):
     assert logits.argmax(1).tolist() == logits_ref.argmax(1).tolist()
 
 
+def test_the_backbone_runs_the_trunk_in_chunks_with_the_same_result(trunks, gen):
+    from gramprompt.backbones import load_backbone
+    from gramprompt.backbones.default.model import CPU_TRUNK_CHUNK
+
+    library, _ = trunks
+    backbone = load_backbone("default")
+    chunks = []
+    hook = backbone.trunk._conv_stem.register_forward_pre_hook(lambda m, args: chunks.append(len(args[0])))
+    x = torch.randn(CPU_TRUNK_CHUNK * 2 + 1, 3, 224, 224, generator=gen)
+    try:
+        with torch.no_grad():
+            fmap, logits = backbone.trunk_outputs(x)
+            ref = library.extract_features(x)
+    finally:
+        hook.remove()
+    assert chunks == [CPU_TRUNK_CHUNK, CPU_TRUNK_CHUNK, 1]
+    assert_fp32_close(fmap, ref, **FMAP, scale=6.0)
+    assert logits.shape == (len(x), 1000)
+
+
 def test_fusion_removes_every_batchnorm_and_leaves_the_original(trunks):
     library, fused = trunks
     assert any(isinstance(m, nn.BatchNorm2d) for m in library.modules())

@@ -96,6 +96,9 @@ class MiniLMText(nn.Module):
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
+CPU_TRUNK_CHUNK = 4  # images per trunk forward on CPU (see trunk_outputs)
+
+
 class DefaultBackbone(nn.Module):
     name = "default"
     cache_stems = True  # the EfficientNet trunk is the costly part and its output is small
@@ -138,9 +141,15 @@ class DefaultBackbone(nn.Module):
         return self.text(embeds, lengths)
 
     def trunk_outputs(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """EfficientNet's 7x7 feature map and its ImageNet logits."""
+        """EfficientNet's 7x7 feature map and its ImageNet logits. On CPU the images go through in chunks
+        of ``CPU_TRUNK_CHUNK``: the trunk's elementwise passes are memory-bound, and a small chunk's
+        activations stay in cache (``benchmarks/bench_trunk.py``)."""
         pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        fmap = self.trunk.extract_features(pixels)
+        step = CPU_TRUNK_CHUNK if pixels.device.type == "cpu" else len(pixels)
+        if len(pixels) <= step:
+            fmap = self.trunk.extract_features(pixels)
+        else:
+            fmap = torch.cat([self.trunk.extract_features(pixels[i:i + step]) for i in range(0, len(pixels), step)])
         logits = self.trunk._fc(fmap.mean((2, 3)))
         return fmap, logits
 
