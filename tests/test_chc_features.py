@@ -9,12 +9,14 @@ import torch
 from PIL import Image
 
 from gramprompt.chc.config import FeatureConfig
-from gramprompt.chc.features import FeatureExtractor, embed_captions, extract, load_text_model, my_shards
+from gramprompt.chc.features import (FeatureExtractor, embed_captions, encode_texts, extract, load_text_model,
+                                     my_shards)
 from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.chc.store import FeatureStore
 from gramprompt.cli import main
 from gramprompt.data.images import load_image
 from gramprompt.data.pairs import open_pair_source
+from conftest import full_length
 from tolerance import assert_fp32_close, hf_clip_tower, transformer_depth
 
 WORDS = ["red apple fruit", "green leaf plant", "blue car street", "yellow sun sky"]
@@ -34,6 +36,15 @@ def write_folder(root, n=14, corrupt=(3,), empty=(5,)):
         rows.append({"path": path.name, "caption": "  " if i in empty else f"a {WORDS[i % 4]} number {i}"})
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+def test_texts_encoded_by_length_equal_one_full_batch(backbone):
+    texts = [" ".join(["word"] * n) + f" {i}" for i, n in enumerate([1, 12, 3, 30, 0, 7, 2, 20, 5])]
+    tok = backbone.tokenize(texts)
+    with full_length(backbone):  # the reference: every text over the full context, in one batch
+        ref = backbone.encode_text_embeddings(backbone.token_embeddings(tok.ids), tok.lengths)
+    got = encode_texts(backbone, texts, chunk=2)
+    assert_fp32_close(got, ref, **hf_clip_tower(backbone), scale=float(ref.abs().max()))  # a swapped row: O(scale)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,21 @@ def text_dim(model) -> int:
 
 
 @torch.inference_mode()
+def encode_texts(backbone: Backbone, texts: Sequence[str], chunk: int = 16) -> torch.Tensor:
+    """The backbone's text features of ``texts`` (N, D), in their order. They are encoded shortest
+    first, ``chunk`` at a time, so that each forward is cut at a length close to its texts' own
+    instead of the longest caption's (captions vary from a few tokens to the context length)."""
+    tok = backbone.tokenize(list(texts))
+    order = torch.argsort(tok.lengths.cpu(), stable=True).to(tok.ids.device)
+    out = torch.empty(len(texts), backbone.embed_dim, device=backbone.device)
+    for start in range(0, len(texts), chunk):
+        idx = order[start:start + chunk]
+        lengths = tok.lengths[idx]
+        ids = tok.ids[idx, :int(lengths.max())]
+        out[idx] = backbone.encode_text_embeddings(backbone.token_embeddings(ids), lengths).float()
+    return out
+
+
 def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
                       stems: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,);
@@ -65,9 +80,7 @@ def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequen
     else:
         img = backbone.encode_image(pixels)
     img = torch.nn.functional.normalize(img.float(), dim=-1)
-    tok = backbone.tokenize(list(captions))
-    txt = backbone.encode_text_embeddings(backbone.token_embeddings(tok.ids), tok.lengths)
-    txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+    txt = torch.nn.functional.normalize(encode_texts(backbone, captions), dim=-1)
     return img.cpu().numpy(), (img * txt).sum(-1).cpu().numpy()
 
 
