@@ -228,7 +228,8 @@ class Worker:
     def __init__(self, exp: Experiment, device: str | None = None):
         self.exp = exp
         self.backbone = load_backbone(exp.backbone, device=resolve_device(device), dtype=DTYPES[exp.dtype])
-        self.cache = FeatureCache(self.backbone)
+        # on disk under the root: the worker processes (and later configs under the root) share image features
+        self.cache = FeatureCache(self.backbone, folder=Path(exp.root) / "features")
         self._datasets: dict = {}
 
     def dataset(self, spec: str):
