@@ -16,6 +16,7 @@ import yaml
 from gramprompt.experiments.config import ConfigError, load_experiment, packaged_configs
 from gramprompt.experiments.report import experiment_tables
 from gramprompt.experiments.runner import DONE, PENDING, STALE, WAITING, job_status, plan, run_experiment
+from gramprompt.prompts import METHODS
 
 # the paper's seven rows, plus joint tuning: the row UNIGRAM is tested against (as in Table 6)
 TABLE1_ROWS = ["zeroshot", "cocoop", "coop", "coop+gram", "vpt", "vpt+gram", "joint-2+2", "unigram"]
@@ -363,3 +364,17 @@ def test_a_failed_run_of_a_batch_raises_its_error_naming_the_run(tiny_clip_dir, 
                         lambda backbone, dataset, cfgs, runs, cache: [NonFiniteError("lower --lr"), {"seed": 2}])
     with pytest.raises(NonFiniteError, match=r"digits/coop/seed1: lower --lr"):
         run_experiment(exp)
+
+
+def test_parallel_workers_get_the_costly_units_first(monkeypatch):
+    from gramprompt.experiments.runner import batches, longest_first
+
+    monkeypatch.setenv("GRAM_DATA", "/data")
+    exp = load_experiment("offline/demo", ["root=/nonexistent-root"])
+    jobs = plan(exp)
+    metas = longest_first(exp, [j for j in jobs if j.kind == "meta"])
+    assert [j.variant for j in metas] == ["vpt", "unigram", "coop"]  # visual first, then plan order
+    units = longest_first(exp, batches(exp, [j for j in jobs if j.kind == "run"]))
+    visual = [METHODS[u[0].row.method].uses_pixels for u in units]
+    assert visual == sorted(visual, reverse=True) and visual[0] and not visual[-1]
+    assert sum(len(u) for u in units) == len([j for j in jobs if j.kind == "run"])

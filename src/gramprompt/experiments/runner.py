@@ -433,6 +433,19 @@ def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) ->
     return [group[i:i + max_runs] for group in groups.values() for i in range(0, len(group), max_runs)]
 
 
+def longest_first(exp: Experiment, units: list) -> list:
+    """Units (jobs, or batches of runs) with the costly ones first, so that on parallel workers a long one does
+    not start last and leave the others idle: visual-prompt methods (their image tower runs at every step) before
+    text-only ones, then bigger batches; otherwise in plan order."""
+    def cost(unit) -> tuple[bool, int]:
+        jobs = unit if isinstance(unit, list) else [unit]
+        job = jobs[0]
+        method = exp.variants[job.variant].method if job.kind == "meta" else job.row.method
+        return METHODS[method].uses_pixels, len(jobs)
+
+    return sorted(units, key=cost, reverse=True)
+
+
 def _line(job: Job, s: dict | None) -> str:
     if s is None:
         return f"  {job.kind} {job.name} done"
@@ -467,6 +480,8 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
             if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
                 raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
         units = batches(exp, todo, max_batch_runs) if kind == "run" else todo
+        if jobs > 1 or executor == "ray":
+            units = longest_first(exp, units)
         if executor == "ray" and kind != "chc":
             done, where = _on_ray(exp, units, device, address), " (ray)"
         elif jobs <= 1 or kind == "chc" or len(units) == 1:
