@@ -434,7 +434,7 @@ def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) ->
 
 
 def longest_first(exp: Experiment, units: list) -> list:
-    """Units (jobs, or batches of runs) with the costly ones first, so that on parallel workers a long one does
+    """Meta-training jobs or batches of runs with the costly ones first, so that on parallel workers a long one does
     not start last and leave the others idle: visual-prompt methods (their image tower runs at every step) before
     text-only ones, then bigger batches; otherwise in plan order."""
     def cost(unit) -> tuple[bool, int]:
@@ -480,7 +480,7 @@ def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
             if not exp.variants[job.variant].supervised and not chc_dir(exp, job.hierarchy).is_dir():
                 raise FileNotFoundError(f"hierarchy {chc_dir(exp, job.hierarchy)} does not exist (make it with gram chc)")
         units = batches(exp, todo, max_batch_runs) if kind == "run" else todo
-        if jobs > 1 or executor == "ray":
+        if kind != "chc" and (jobs > 1 or executor == "ray"):  # CHC runs in this process
             units = longest_first(exp, units)
         if executor == "ray" and kind != "chc":
             done, where = _on_ray(exp, units, device, address), " (ray)"
