@@ -148,7 +148,7 @@ def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_pa
              "domains: {domains: 2, min_domain_size: 3}}",
              "meta={iterations: 2, task_batch: 2, tasks: {ways: 3, support_shots: 2, query_shots: 2}}"]
     experiments = demo_experiments(overrides=small, quick=True)
-    report = run_demo(experiments, jobs=2)  # as `make demo` does: CHC here, meta-training and runs in 2 processes
+    report = run_demo(experiments)
     assert "Table 1" in report and "6 topics" in report
     assert "(CHC " in report and ", meta-training " in report and ", few-shot runs " in report  # the stage split
     for row in load_experiment("offline/base2new").rows:

@@ -378,3 +378,4 @@ def test_parallel_workers_get_the_costly_units_first(monkeypatch):
     visual = [METHODS[u[0].row.method].uses_pixels for u in units]
     assert visual == sorted(visual, reverse=True) and visual[0] and not visual[-1]
     assert sum(len(u) for u in units) == len([j for j in jobs if j.kind == "run"])
+    assert len(longest_first(exp, jobs)) == len(jobs)  # CHC jobs (no row) too: `gram demo --jobs 2` once crashed there

@@ -440,6 +440,8 @@ def longest_first(exp: Experiment, units: list) -> list:
     def cost(unit) -> tuple[bool, int]:
         jobs = unit if isinstance(unit, list) else [unit]
         job = jobs[0]
+        if job.kind == "chc":  # no prompt method: they run in the calling process anyway
+            return False, len(jobs)
         method = exp.variants[job.variant].method if job.kind == "meta" else job.row.method
         return METHODS[method].uses_pixels, len(jobs)
 
