@@ -37,6 +37,7 @@ bench: setup
 	$(PYTHON) benchmarks/bench_meta_step.py --threads 1
 	$(PYTHON) benchmarks/bench_paper_scale.py --threads 1
 	$(PYTHON) benchmarks/bench_tar_read.py
+	$(PYTHON) benchmarks/bench_trunk.py
 
 clean:
 	rm -rf .cache runs build *.egg-info

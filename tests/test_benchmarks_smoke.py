@@ -57,3 +57,9 @@ def test_long_horizon_benchmark_prints_its_tables(tmp_path):
     assert [(r["form"], r["regulated"]) for r in runs] == [("bounded", True), ("bounded", False),
                                                             ("literal", True), ("literal", False)]
     assert all([e["epoch"] for e in r["epochs"]] == [0, 1, 2] and r["epochs"][0]["distance"] == 0 for r in runs)
+
+
+def test_trunk_benchmark_prints_its_table():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_trunk.py"), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| trunk | per batch | per image | speed-up |" in out and "fused, chunks of 4 (now)" in out
