@@ -68,6 +68,7 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], chunk: int = 16) -> t
     return out
 
 
+@torch.inference_mode()
 def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
                       stems: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,);

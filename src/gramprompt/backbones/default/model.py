@@ -106,7 +106,7 @@ class DefaultBackbone(nn.Module):
     def __init__(self, head: ImageHead, *, trunk: nn.Module | None = None, text: MiniLMText | None = None):
         super().__init__()
         # the trunk is frozen: by default its BatchNorms are folded into its convolutions (same output up to
-        # float rounding, ~2.5x faster on CPU); `gram build-default-backbone` keeps the library model
+        # float rounding; benchmarks/bench_trunk.py); `gram build-default-backbone` keeps the library model
         self.trunk = trunk if trunk is not None else fuse_for_inference(load_efficientnet_lite0())
         self.text = text if text is not None else MiniLMText()
         self.head = head.eval().requires_grad_(False)
