@@ -101,14 +101,23 @@ def describe_checkpoint(path: Path) -> str:
     return "CLIP checkpoint"
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (kernels run asynchronously); a no-op
+    when CUDA was never used."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_it(fn: Callable[[], object], *, repeats: int, warmup: int) -> tuple[float, list[float]]:
     """Median wall time (seconds, ``time.perf_counter``) of ``fn()`` over ``repeats`` runs after ``warmup``."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         t0 = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
 
@@ -136,7 +145,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warm
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            synchronize()
             t0 = time.perf_counter()
             fn()
+            synchronize()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="side of the square reference matmul (default 2048; 1024 with --quick)")
     parser.add_argument("--no-default", action="store_true", help="skip the shipped default backbone")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers to PATH")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (the matmul reference runs there too)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,22 +131,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from gramprompt.backbones import load_backbone
 
+    device = torch.device(args.device)
     t_start = time.perf_counter()
     print("## One CoOp + GRAM meta-step: per-task loop vs batched classes")
     print()
     print(machine_info())
+    if device.type == "cuda":
+        print(f"device: {device} ({torch.cuda.get_device_name(device)}); fp32, TF32 matmul "
+              f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
     print(f"meta-batch: {args.tasks} tasks x {args.ways} ways, {args.support} support + {args.query} query shots per "
           f"class, cached random image features; CoOp 4 context vectors, shared regulator, {args.inner_steps} inner "
           f"step(s), statistics off; meta-step = meta-loss forward + autograd.grad w.r.t. theta and phi")
     print(f"timing: median of {repeats} repeats after {warmup} warm-up run(s), the two variants of an order "
           f"interleaved; time.perf_counter")
-    rate = matmul_rate(mm_size, repeats=max(repeats, 5), warmup=2, device=torch.device("cpu"))
+    rate = matmul_rate(mm_size, repeats=max(repeats, 5), warmup=2, device=device)
     print(f"reference: fp32 {mm_size}x{mm_size} @ {mm_size}x{mm_size} matmul, {rate / 1e9:,.1f} GFLOP/s "
           f"(median of {max(repeats, 5)})")
 
     rows, described = [], []
     with random_checkpoint(args.checkpoint, preset, args.seed) as (path, how):
-        bb = load_backbone(f"hf:{path}")
+        bb = load_backbone(f"hf:{path}", device=device)
         tc = bb.model.config.text_config
         label = f"(a) random CLIP {preset}"
         described.append(f"{label}: {describe_checkpoint(path)}, {how}; text tower {tc.num_hidden_layers} layers x "
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_backbone(label, bb, args, repeats, warmup)
         del bb
     if not args.no_default:
-        bb = load_backbone("default")
+        bb = load_backbone("default", device=device)
         cfg = bb.text.bert.config
         label = "(b) default backbone"
         described.append(f"{label}: MiniLM text tower {cfg.num_hidden_layers} layers x width {cfg.hidden_size}, "
