@@ -91,20 +91,21 @@ def pretrain_batch_size(task_batch: int, tasks: TaskConfig) -> int:
     return task_batch * tasks.ways * (tasks.support_shots + tasks.query_shots)
 
 
-def _device(batch: Batch) -> torch.device:
-    return next(t for t in (batch.features, batch.stems, batch.pixels) if t is not None).device
+def _on(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` on the backbone's device: inputs a caller built elsewhere (features kept in host memory) move
+    per task rather than failing inside the first matmul."""
+    return Batch(**{k: None if t is None else t.to(device) for k, t in vars(batch).items()})
 
 
-def _task_data(task: Task, inputs) -> TaskData:
-    s, q = inputs.batch(task.support), inputs.batch(task.query)
-    dev = _device(s)
-    return TaskData(task.classnames, s, torch.as_tensor(task.support_labels, device=dev),
-                    q, torch.as_tensor(task.query_labels, device=dev))
+def _task_data(task: Task, inputs, device: torch.device) -> TaskData:
+    s, q = _on(inputs.batch(task.support), device), _on(inputs.batch(task.query), device)
+    return TaskData(task.classnames, s, torch.as_tensor(task.support_labels, device=device),
+                    q, torch.as_tensor(task.query_labels, device=device))
 
 
-def _image_data(batch: ImageBatch, inputs) -> ImageData:
-    images = inputs.batch(batch.rows)
-    return ImageData(batch.classnames, images, torch.as_tensor(batch.labels, device=_device(images)))
+def _image_data(batch: ImageBatch, inputs, device: torch.device) -> ImageData:
+    images = _on(inputs.batch(batch.rows), device)
+    return ImageData(batch.classnames, images, torch.as_tensor(batch.labels, device=device))
 
 
 def _load_state(path: Path) -> dict:
@@ -143,8 +144,9 @@ class MetaTrainer:
         """One iteration's data: ``task_batch`` tasks, or (pretrain) one batch of images over all topics."""
         if self.cfg.mode == "pretrain":
             n = pretrain_batch_size(self.cfg.task_batch, self.sampler.cfg)  # the tasks it would sample
-            return _image_data(self.sampler.sample_images(rng, n), self.inputs)
-        return [_task_data(self.sampler.sample(rng), self.inputs) for _ in range(self.cfg.task_batch)]
+            return _image_data(self.sampler.sample_images(rng, n), self.inputs, self.method.backbone.device)
+        return [_task_data(self.sampler.sample(rng), self.inputs, self.method.backbone.device)
+                for _ in range(self.cfg.task_batch)]
 
     def _loss(self, state: MetaState, tasks: list[TaskData] | ImageData, with_stats: bool):
         """The summed query losses after adaptation (with the logged statistics), or, pretrain, the mean
