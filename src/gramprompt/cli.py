@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, ablations, text in (
             ("demo", False, "offline GRAM pipeline: CHC on openclipart, meta-training, then the paper's Table 1 "
                             "(base-to-new) for CLIP, CoCoOp, CoOp, CoOp+GRAM, VPT, VPT+GRAM and UNIGRAM, at a size "
-                            "that takes about 15 minutes on 2 cores (--full: the README's Table 1, hours)"),
+                            "that takes about 13 minutes on 2 cores (--full: the README's Table 1, hours)"),
             ("ablations", True, "the demo's pipeline for the paper's Table 6 (ablations of UNIGRAM) and Table 7 "
                                 "(prompt token counts)")):
         p = sub.add_parser(name, help=text)

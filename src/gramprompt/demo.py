@@ -2,7 +2,7 @@
 
 CHC on the ``openclipart`` image-text pairs -> meta-training of theta* and R_phi* per prompt method ->
 base-to-new few-shot tuning on the offline classification sets, printed in the paper's Table 1 layout:
-by default at the demo's size (``configs/offline/demo.yaml``: one CHC hierarchy, 3 seeds, about 15 minutes
+by default at the demo's size (``configs/offline/demo.yaml``: one CHC hierarchy, 2 seeds, about 13 minutes
 on 2 cores), with ``--full`` the README's Table 1 (``offline/base2new``: 5 seeds, the GRAM rows on each of
 3 CHC hierarchies, hours). ``gram ablations`` runs Table 6 and Table 7
 (``offline/ablations``, ``offline/tokens``). It is ``gram experiment run`` on those configs, plus a
