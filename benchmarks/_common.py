@@ -122,6 +122,15 @@ def time_it(fn: Callable[[], object], *, repeats: int, warmup: int) -> tuple[flo
     return statistics.median(times), times
 
 
+def matmul_rate(n: int, repeats: int, warmup: int = 2, device: torch.device | str = "cpu") -> float:
+    """FLOP/s of an fp32 (n x n) @ (n x n) matmul on ``device``, median over ``repeats``: the rate a step's FLOPs
+    are compared with."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    med, _ = time_it(lambda: torch.mm(a, b), repeats=repeats, warmup=warmup)
+    return 2.0 * n ** 3 / med
+
+
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms" if seconds < 10 else f"{seconds:,.2f} s"
 

@@ -30,17 +30,9 @@ from pathlib import Path
 import torch
 
 from _common import (CALTECH101_CLASSNAMES, add_common_args, describe_checkpoint, fmt_ms, load_average, machine_info,
-                     markdown_table, random_checkpoint, time_interleaved)
+                     markdown_table, matmul_rate, random_checkpoint, time_interleaved)
 
 TARGET = 0.40  # first-order meta-step FLOP rate / matmul rate
-
-
-def matmul_rate(n: int, repeats: int, warmup: int, device: torch.device) -> float:
-    """FLOP/s of an fp32 (n x n) @ (n x n) matmul, median over ``repeats``."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
-    med = time_interleaved({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=warmup)["mm"]
-    return 2.0 * n ** 3 / med
 
 
 def make_tasks(backbone, n_tasks: int, ways: int, support: int, query: int, seed: int):

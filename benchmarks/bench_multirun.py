@@ -33,9 +33,11 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from _common import (CALTECH101_CLASSNAMES, add_common_args, describe_checkpoint, fmt_s, machine_info, markdown_table,
-                     random_checkpoint)
+                     matmul_rate, random_checkpoint)
 
 TARGET = 4.0
 
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         def together(runs):
             return train_many(method, runs, classnames, cfg, cache=cache)
 
+        rate = matmul_rate(2048, repeats=5, device=device)
         for _ in range(args.warmup or (1 if device.type == "cuda" else 0)):  # kernel selection, allocator pools
             sequential(specs[:1]), together(specs[:2])
         rows = []
@@ -129,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             seq, tog = (sorted(times[k])[len(times[k]) // 2] for k in ("sequential", "together"))
             diff = max(float((a[key] - b[key]).abs().max()) for a, b in zip(results["sequential"], results["together"]))
             moved = max(float((a[key] - s.init[key]).abs().max()) for a, s in zip(results["sequential"], specs))
-            rows.append([str(n_runs), fmt_s(seq), fmt_s(tog), f"{seq / tog:.2f}x", f">= {TARGET:g}x", f"{diff:.1e}",
-                         f"{moved:.1e}"])
+            counter = FlopCounterMode(display=False)
+            with counter, sdpa_kernel(SDPBackend.MATH):  # attention as matmuls, so that they count
+                together(specs[:n_runs])
+            flops = counter.get_total_flops()
+            rows.append([str(n_runs), fmt_s(seq), fmt_s(tog), f"{seq / tog:.2f}x", f">= {TARGET:g}x",
+                         f"{flops / 1e9:,.0f}", f"{100 * flops / tog / rate:.0f}%", f"{seq / (flops / rate):.1f}x",
+                         f"{diff:.1e}", f"{moved:.1e}"])
 
     steps = epochs * -(-n_classes * args.shots // args.batch_size)
     name = {"coop": "CoOp", "vpt": "VPT"}[args.method]
@@ -140,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"device: {device}{gpu}; backbone: {described} ({how}); {n_classes} classes x {args.shots} shots, batch "
           f"{args.batch_size}, {epochs} epoch(s) = {steps} steps per run; {repeats} repeat(s), median; image "
-          f"encoding before timing: {fmt_s(encode)}\n")
+          f"encoding before timing: {fmt_s(encode)}; fp32 2048^3 matmul rate here: {rate / 1e9:,.0f} GFLOP/s\n")
     print(markdown_table(
         ["runs", "one after another (train_prompts)", "together (train_many)", "speed-up", "target",
+         "GFLOP (together)", "together, of the matmul rate", "speed-up bound (all FLOPs at the matmul rate)",
          "max |difference| of the tuned prompts", "largest update (for scale)"], rows))
+    print("\nThe bound: no way of running the same FLOPs beats the matmul rate, so sequential time / (FLOPs / rate) is the "
+          "largest speed-up any batching of these runs can reach here.")
     return 0
 
 

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from _common import (CALTECH101_CLASSNAMES, add_common_args, describe_checkpoint, fmt_ms, load_average, machine_info,
-                     markdown_table, random_checkpoint, time_it)
+                     markdown_table, matmul_rate, random_checkpoint, time_it)
 
 # --------------------------------------------------------------------------- one-GPU assumptions (not measured)
 GPU = "NVIDIA H100 SXM5 80 GB"
@@ -162,14 +162,6 @@ def measure(key: str, label: str, ran: str, fn: Callable[[], object], *, repeats
         fn()
     seconds, _ = time_it(fn, repeats=repeats, warmup=0)
     return Measured(key, label, ran, flops, ops.ops, seconds, saved.peak)
-
-
-def matmul_rate(n: int, repeats: int) -> float:
-    """FLOP/s of an fp32 (n x n) @ (n x n) matmul, median over ``repeats``."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    med, _ = time_it(lambda: torch.mm(a, b), repeats=repeats, warmup=2)
-    return 2.0 * n ** 3 / med
 
 
 def op_overhead_cpu(n: int = 2000) -> float:
