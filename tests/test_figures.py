@@ -302,6 +302,19 @@ def test_fig3b_pools_a_label_and_draws_the_unregulated_alignment(tmp_path):
     (tmp_path / "old" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _meta_log([0.1, 0.2, 0.3])))
     (mixed,) = figures.alignment_series([folders[0], tmp_path / "old"], ["x", "x"])
     assert mixed.raw is None and mixed.values == pytest.approx((0.15, 0.3, 0.45))
+    # a run without a regulator logs the same value twice: no second line
+    (tmp_path / "plain").mkdir()
+    log = _meta_log([0.1, 0.2, 0.3])
+    for rec in log:
+        if "alignment" in rec:
+            rec["alignment_raw"] = rec["alignment"]
+    (tmp_path / "plain" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (plain,) = figures.alignment_series([tmp_path / "plain"])
+    assert plain.raw is None and plain.values == pytest.approx((0.1, 0.2, 0.3))
+    # the summary by hand: thirds of 3 logged points are single points
+    table = figures.alignment_table([series, plain]).splitlines()
+    assert table[2] == "| UNIGRAM | 2 | 0.300 | 0.700 | +0.400 | 0.200 | 0.300 | +0.400 |"
+    assert table[3] == "| plain | 1 | 0.100 | 0.300 | +0.200 | - | - | - |"
 
 
 def test_fig3b_cli(meta_runs, tmp_path, capsys):

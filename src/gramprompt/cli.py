@@ -135,7 +135,9 @@ def cmd_figure(a: argparse.Namespace) -> int:
     elif a.figure == "fig3a":
         fig = figures.fig3a(figures.epoch_runs(a.dirs), only=a.only, title=a.title)
     else:
-        fig = figures.fig3b(figures.alignment_series(a.dirs, a.labels), smooth=a.smooth, title=a.title)
+        series = figures.alignment_series(a.dirs, a.labels)
+        fig = figures.fig3b(series, smooth=a.smooth, title=a.title)
+        print(figures.alignment_table(series))
     print(f"wrote {figures.save(fig, a.out)}")
     return 0
 

@@ -392,14 +392,16 @@ def _legend_names(folders: Sequence[Path]) -> list[str]:
 
 
 def _pooled(label: str, runs: list[tuple[dict[int, float], dict[int, float]]]) -> AlignmentSeries:
-    """The mean over runs at the iterations all of them logged; ``raw`` only if every run logged it."""
+    """The mean over runs at the iterations all of them logged; ``raw`` only if every run logged it and it differs
+    somewhere (a run without a regulator logs its one gradient twice: a second line would only hide the first)."""
     its = sorted(set.intersection(*(set(v) for v, _ in runs)))
     if not its:
         raise ValueError(f"the runs labelled {label!r} share no logged iteration")
+    values = tuple(_mean(v[i] for v, _ in runs) for i in its)
     raw = None
-    if all(set(its) <= set(r) for _, r in runs):
+    if all(set(its) <= set(r) for _, r in runs) and any(v[i] != r[i] for v, r in runs for i in its):
         raw = tuple(_mean(r[i] for _, r in runs) for i in its)
-    return AlignmentSeries(label, tuple(its), tuple(_mean(v[i] for v, _ in runs) for i in its), raw, len(runs))
+    return AlignmentSeries(label, tuple(its), values, raw, len(runs))
 
 
 def alignment_series(dirs: Sequence[str | os.PathLike], labels: Sequence[str] | None = None) -> list[AlignmentSeries]:
@@ -423,6 +425,24 @@ def alignment_series(dirs: Sequence[str | os.PathLike], labels: Sequence[str] | 
                              "--stats-every iterations; --pretrain runs have none)")
         groups.setdefault(name, []).append((dict(zip(its, vals)), dict(zip(*alignment_records(records, "alignment_raw")))))
     return [_pooled(name, runs) for name, runs in groups.items()]
+
+
+def alignment_table(series: Sequence[AlignmentSeries]) -> str:
+    """Markdown: each series' mean alignment over the first and the last third of its logged iterations, and the
+    same for the unregulated gradient where logged: the numbers behind the figure's two claims (does alignment
+    rise during meta-training; does R_phi raise it over the raw gradient on the same tasks)."""
+    def third(values: Sequence[float], last: bool) -> float:
+        k = max(1, len(values) // 3)
+        return _mean(values[-k:] if last else values[:k])
+
+    lines = ["| series | runs | first third | last third | change | unregulated: first third | last third | "
+             "regulated - unregulated, last third |", "|---|---|---|---|---|---|---|---|"]
+    for s in series:
+        a, b = third(s.values, False), third(s.values, True)
+        raw = ["-", "-", "-"] if s.raw is None else [
+            f"{third(s.raw, False):.3f}", f"{third(s.raw, True):.3f}", f"{b - third(s.raw, True):+.3f}"]
+        lines.append(f"| {s.label} | {s.runs} | {a:.3f} | {b:.3f} | {b - a:+.3f} | " + " | ".join(raw) + " |")
+    return "\n".join(lines)
 
 
 def moving_average(values: Sequence[float], k: int) -> list[float]:
