@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import (CALTECH101_CLASSNAMES, add_common_args, describe_checkpoint, fmt_s, machine_info, markdown_table,
-                     matmul_rate, random_checkpoint)
+                     matmul_rate, random_checkpoint, synchronize)
 
 TARGET = 4.0
 
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     classnames = CALTECH101_CLASSNAMES[:n_classes]
     cfg = TuneConfig(epochs=epochs, batch_size=args.batch_size, warmup_epochs=0, feature_views=1)
     device = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     source = (random_checkpoint(args.checkpoint, preset, args.seed) if backbone_kind == "random-clip"
               else nullcontext(("default", "shipped weights")))
     with source as (path, how):
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in specs:  # fills the cache: the encoding is shared by both ways and not timed
             train_prompts(method, s.init, s.samples, classnames, TuneConfig(epochs=1, batch_size=len(s.samples),
                           warmup_epochs=0, feature_views=1), seed=s.seed, cache=cache, cache_key=s.cache_key)
-        sync()
+        synchronize()
         encode = time.perf_counter() - t0
 
         def sequential(runs):
@@ -124,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for _ in range(repeats):
                 for name, fn in (("sequential", sequential), ("together", together)):
-                    sync()
+                    synchronize()
                     t0 = time.perf_counter()
                     results[name] = fn(specs[:n_runs])
-                    sync()
+                    synchronize()
                     times[name].append(time.perf_counter() - t0)
             seq, tog = (sorted(times[k])[len(times[k]) // 2] for k in ("sequential", "together"))
             diff = max(float((a[key] - b[key]).abs().max()) for a, b in zip(results["sequential"], results["together"]))
