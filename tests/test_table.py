@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from gramprompt.eval.metrics import harmonic_mean
-from gramprompt.eval.table import (base2new_table, collect, paper_table, render, significance_table, transfer_significance_table,
-                                   transfer_spread_table, transfer_table)
+from gramprompt.eval.table import (base2new_table, collect, paper_table, render, significance_table, spread_table,
+                                   transfer_significance_table, transfer_spread_table, transfer_table)
 from gramprompt.runs import RunDir
 
 
@@ -154,6 +154,18 @@ def test_three_hierarchies_by_five_seeds_are_fifteen_runs_of_one_cell():
     assert rows["GRAM"][1:5] == ["72.00", "62.00", f"**{harmonic_mean(72, 62):.2f}**", "65.62–67.63 (n=3)"]
     assert rows["CoOp"][4] == "–"
     assert _row(base2new_table(runs), "A", "gram")[5] == "1, 2, 3, 4, 5 (hierarchies 1, 2, 3)"
+
+
+def test_seed_spread_is_each_seeds_h_of_the_dataset_averages_by_hand():
+    # seed 1: Base (70 + 80) / 2 = 75, New (50 + 70) / 2 = 60 -> H = 2*75*60/135 = 66.667
+    # seed 2: Base 85, New 65 -> H = 2*85*65/150 = 73.667; mean 70.17, sample std 4.95
+    runs = [_hier("A", "coop", 1, None, 70.0, 50.0), _hier("B", "coop", 1, None, 80.0, 70.0),
+            _hier("A", "coop", 2, None, 80.0, 60.0), _hier("B", "coop", 2, None, 90.0, 70.0),
+            _hier("A", "coop", 3, None, 10.0, 10.0)]  # seed 3 lacks B: left out
+    runs += [_hier(ds, "gram", s, h, 60.0 + h, 60.0 + h) for ds in "AB" for s in (1, 2) for h in (0, 1)]
+    rows = {r[0]: r[1] for r in _rows(spread_table(runs, [("coop", "CoOp"), ("gram", "GRAM")], ["A", "B"]))}
+    assert rows["CoOp"] == "70.17 ± 4.95 (n=2)"
+    assert rows["GRAM"] == "h0: 60.00 ± 0.00 (n=2); h1: 61.00 ± 0.00 (n=2)"
 
 
 def test_no_hierarchy_column_without_several_hierarchies(three_seed_runs):

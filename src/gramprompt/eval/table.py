@@ -201,6 +201,31 @@ def paper_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], data
     return _markdown(header, out)
 
 
+def spread_table(summaries: Sequence[dict], rows: Sequence[tuple[str, str]], datasets: Sequence[str]) -> str:
+    """The seed spread of Tables 1, 6 and 7: per row, the H of each seed's Base and New averaged over ``datasets``, as
+    mean ± std over seeds; a row over several hierarchies gets one cell per hierarchy (``h0: ...; h1: ...``). A seed
+    counts only where it has every dataset (an average over a subset would not compare)."""
+    runs = [s for s in summaries if protocol(s) == BASE2NEW]
+    out = []
+    for label, title in rows:
+        group = [s for ds in datasets for s in _seed_group(runs, ds, label)]
+        cells = []
+        for h in _hierarchies(group) or [None]:
+            per_seed: dict[object, dict[str, dict]] = {}
+            for s in group:
+                if hierarchy(s) == h:
+                    per_seed.setdefault(s.get("seed"), {})[s["dataset"]] = s
+            hs = [harmonic_mean(float(np.mean([float(by[d]["base"]) for d in datasets])),
+                                float(np.mean([float(by[d]["new"]) for d in datasets])))
+                  for by in per_seed.values() if all(d in by for d in datasets)]
+            if hs:
+                mean, std = mean_std(hs)
+                cells.append(("" if h is None else f"h{h}: ") + f"{mean:.2f} ± {std:.2f} (n={len(hs)})")
+        if cells:
+            out.append([title, "; ".join(cells)])
+    return _markdown(["Method", "Avg H, mean ± std over seeds"], out)
+
+
 # Where a summary keeps per-image correctness: base-to-new splits, or a transfer run's source and targets.
 SPLIT_PARTS = (("base",), ("new",))
 

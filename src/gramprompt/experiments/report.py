@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..data.registry import spec_name
-from ..eval.table import (paper_table, row_label, significance_table, transfer_paper_table, transfer_significance_table,
-                          transfer_spread_table)
+from ..eval.table import (paper_table, row_label, significance_table, spread_table, transfer_paper_table,
+                          transfer_significance_table, transfer_spread_table)
 from .config import Experiment, Row
 from .runner import plan, summaries
 
@@ -38,6 +38,7 @@ def experiment_tables(exp: Experiment) -> str:
         tests = comparisons(rows)
         if exp.protocol == "base2new":
             body = paper_table(runs, pairs, columns)
+            body += "\n\nSeed spread:\n\n" + spread_table(runs, pairs, columns)
             if tests:
                 body += "\n\n" + significance_table(runs, tests, columns)
         else:
