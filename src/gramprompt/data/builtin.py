@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 
 from gramprompt.data.dataset import ClassificationDataset, Sample
 from gramprompt.data.emoji_styles import EMOJI_STYLE_DATASETS
+from gramprompt.data.noto_scripts import load_noto_scripts
 from gramprompt.data.offline import OFFLINE_DATASETS
 from gramprompt.data.splits import stratified_split
 
@@ -33,4 +34,5 @@ BUILTIN_DATASETS: dict[str, Callable[[], ClassificationDataset]] = {
     "digits": load_digits_dataset,
     **OFFLINE_DATASETS,
     **EMOJI_STYLE_DATASETS,
+    "noto-scripts": load_noto_scripts,
 }

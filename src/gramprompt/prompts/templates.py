@@ -26,6 +26,7 @@ DATASET_TEMPLATES: dict[str, str] = {
     "emojigroupssymbola": "an emoji of {}.",  # the same emoji in other drawing styles (cross-domain targets)
     "emojigroupsemojione": "an emoji of {}.",
     "clipartcategories": "a clipart of {}.",
+    "notoscripts": "a letter of the {} script.",
 }
 
 
