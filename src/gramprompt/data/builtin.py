@@ -10,6 +10,7 @@ from gramprompt.data.dataset import ClassificationDataset, Sample
 from gramprompt.data.emoji_styles import EMOJI_STYLE_DATASETS
 from gramprompt.data.noto_scripts import load_noto_scripts
 from gramprompt.data.offline import OFFLINE_DATASETS
+from gramprompt.data.tuxpaint import load_tuxpaint_stamps
 from gramprompt.data.splits import stratified_split
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -35,4 +36,5 @@ BUILTIN_DATASETS: dict[str, Callable[[], ClassificationDataset]] = {
     **OFFLINE_DATASETS,
     **EMOJI_STYLE_DATASETS,
     "noto-scripts": load_noto_scripts,
+    "tuxpaint-stamps": load_tuxpaint_stamps,
 }

@@ -27,6 +27,7 @@ DATASET_TEMPLATES: dict[str, str] = {
     "emojigroupsemojione": "an emoji of {}.",
     "clipartcategories": "a clipart of {}.",
     "notoscripts": "a letter of the {} script.",
+    "tuxpaintstamps": "a picture of {}.",
 }
 
 
