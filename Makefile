@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 STAMP = .cache/setup.stamp
 # the offline data: image-text pairs (openclipart, Noto emoji) and classification sets
 DEBIAN_PACKAGES = openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data dataset-fashion-mnist \
-	fonts-symbola ruby-gemojione
+	fonts-symbola ruby-gemojione fonts-noto-core tuxpaint-stamps-default
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test bench clean

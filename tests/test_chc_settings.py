@@ -78,7 +78,7 @@ def test_features_made_otherwise_are_refused_by_every_stage(backbone, tiny_clip_
     features(pairs, spec, out, backbone)
     other_pairs = write_pairs(tmp_path / "other")
     for stage in ("features", "fit", "cluster"):  # what config.json would then claim is not on disk
-        with pytest.raises(GramError, match="backbone: .* on disk, 'default' now"):
+        with pytest.raises(GramError, match="backbone: .* on disk, 'default:v2' now"):
             features(pairs, "default", out, backbone, stage=stage)
         with pytest.raises(GramError, match="pairs: "):
             features(other_pairs, spec, out, backbone, stage=stage)

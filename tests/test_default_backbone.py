@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from gramprompt.backbones import load_backbone
-from gramprompt.backbones.default.build import REFERENCE_PER_CLASS, REFERENCE_SETS, BuildConfig, build
-from gramprompt.backbones.default.head import HeadConfig, ImageHead
-from gramprompt.backbones.default.model import WEIGHTS, DefaultBackbone
+from gramprompt.backbones.default.build import REFERENCE_PER_CLASS, REFERENCE_SETS, BuildConfig, build, build_config
+from gramprompt.backbones.default.head import HeadConfig, ImageHead, TokenHead
+from gramprompt.backbones.default.model import VERSIONS, WEIGHTS, DefaultBackbone, weights_path
+from gramprompt.backbones.registry import backbone_name, recorded_backbone
 from gramprompt.data.registry import load_dataset
 from gramprompt.eval.protocols import zero_shot_all_classes
 from gramprompt.prompts import Batch, build_method
@@ -23,21 +24,39 @@ def default():
     return load_backbone("default")
 
 
-def test_shipped_weights_match_their_card(default):
-    card = json.loads(WEIGHTS.with_suffix(".json").read_text())
+@pytest.fixture(scope="module")
+def v1():
+    return load_backbone("default:v1")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_shipped_weights_match_their_card(version):
     import hashlib
 
-    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == card["sha256"]
-    assert WEIGHTS.with_suffix(".log").is_file()
-    assert default.embed_dim == 384 and default.vision_width == card["head"]["width"]
+    path = weights_path(version)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    assert path.with_suffix(".log").is_file()
+    assert card.get("version", "v1") == version
+
+
+def test_default_is_v2_and_v1_stays_loadable(default, v1):
+    assert WEIGHTS == weights_path("v2")
+    assert default.name == backbone_name("default") == "default:v2" and v1.name == backbone_name("default:v1")
+    assert isinstance(default.head, TokenHead) and isinstance(v1.head, ImageHead)
+    card = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    assert default.embed_dim == v1.embed_dim == 384 and default.vision_width == card["head"]["width"]
     assert not any(p.requires_grad for p in default.parameters())
+    # runs and hierarchies stored before v2 recorded the bare name, which meant v1
+    assert recorded_backbone("default") == "default:v1" and recorded_backbone("default:v2") == "default:v2"
 
 
 @pytest.mark.parametrize("name", REFERENCE_SETS)
-def test_shipped_weights_reproduce_the_reference_zero_shot(default, name):
-    card = json.loads(WEIGHTS.with_suffix(".json").read_text())
-    got = zero_shot_all_classes(default, load_dataset(name), max_per_class=REFERENCE_PER_CLASS)["zeroshot"]
-    assert got == card["reference_zeroshot"][name]
+def test_shipped_weights_reproduce_the_reference_zero_shot(default, v1, name):
+    for backbone, version in ((default, "v2"), (v1, "v1")):
+        card = json.loads(weights_path(version).with_suffix(".json").read_text())
+        got = zero_shot_all_classes(backbone, load_dataset(name), max_per_class=REFERENCE_PER_CLASS)["zeroshot"]
+        assert got == card["reference_zeroshot"][name], version
 
 
 def test_text_tower_truncation_and_soft_tokens_are_exact(default, gen):
@@ -90,6 +109,55 @@ def test_bf16_runs_the_same_model_as_fp32(default, gen):
         assert torch.nn.functional.cosine_similarity(ref, low.float()).min() > 0.98
 
 
+def _v2_direct(head: TokenHead, fmap, logits, prompts=None):
+    """v2 written out from its definition, without the stem or run_with_prompts: base token (linear + ConSE),
+    the 49 map tokens, prompts after them (deep: replaced before every layer), readout of the first token."""
+    import torch.nn.functional as F
+
+    probs = logits.softmax(-1)
+    top, idx = probs.topk(head.cfg.conse_topk, dim=-1)
+    conse = F.normalize(((top / top.sum(-1, keepdim=True))[..., None] * head.label_embeddings[idx]).sum(1), dim=-1)
+    base = F.normalize(head.linear(fmap.mean((2, 3))), dim=-1) + head.conse_weight * conse
+    tokens = [head.base_proj(base)[:, None], head.token_proj(fmap.flatten(2).transpose(1, 2)) + head.pos]
+    x = torch.cat(tokens, dim=1)
+    for i, layer in enumerate(head.layers):
+        if prompts is not None and (i == 0 or prompts.dim() == 3):
+            p = prompts[i] if prompts.dim() == 3 else prompts
+            x = torch.cat([x[:, :50], p.expand(len(x), -1, -1)], dim=1)
+        x = layer(x)
+    return head.out(head.norm(x[:, 0]))
+
+
+@pytest.mark.parametrize("prompts", ["none", "shallow", "deep"])
+def test_v2_stem_path_equals_the_direct_path(default, gen, prompts):
+    pixels = torch.randn(5, 3, 224, 224, generator=gen)  # more than one CPU trunk chunk
+    w, layers = default.vision_width, default.vision_layers
+    vp = {"none": None, "shallow": torch.randn(2, w, generator=gen),
+          "deep": torch.randn(layers, 2, w, generator=gen)}[prompts]
+    with torch.no_grad():
+        fmap, logits = default.trunk_outputs(pixels)
+        ref = _v2_direct(default.head, fmap, logits, vp)
+        got = default.encode_image(pixels, vp)
+    assert_fp32_close(got, ref, terms=4 * w, depth=transformer_depth(layers, head=8), scale=float(ref.abs().max()))
+
+
+def test_v2_embedding_passes_through_the_layers_and_a_zero_prompt_acts(default, gen):
+    """v2 has no path around the transformer: changing its last layer changes every embedding; and, as its
+    docstring says, a prompt of zeros is not a no-op (the pre-LayerNorm maps it to its bias)."""
+    head = default.head
+    stem = head.stem(torch.randn(3, 1280, 7, 7, generator=gen), torch.randn(3, 1000, generator=gen))
+    ref = head.from_stem(stem)
+    assert (head.from_stem(stem, torch.zeros(1, default.vision_width)) - ref).abs().max() > 1e-3
+    last = head.layers[-1].linear2
+    saved = last.bias.clone()
+    try:
+        last.bias.add_(torch.randn(last.bias.shape, generator=gen))  # not a constant: the final LayerNorm removes that
+        moved = head.from_stem(stem)
+    finally:
+        last.bias.copy_(saved)
+    assert torch.nn.functional.cosine_similarity(moved, ref).max() < 0.999
+
+
 def test_untrained_branch_is_a_no_op():
     head = ImageHead(HeadConfig(width=32, heads=2), torch.randn(1000, 384))
     fmap, logits = torch.randn(3, 1280, 7, 7), torch.randn(3, 1000)
@@ -107,3 +175,16 @@ def test_rebuild_on_a_small_subset_is_deterministic(tmp_path):
     b = build(pairs, cfg, out=tmp_path / "b" / "w.safetensors", cache=tmp_path / "cache", reference=False)
     assert a["sha256"] == b["sha256"]
     assert DefaultBackbone.from_weights(tmp_path / "a" / "w.safetensors").vision_width == 32
+
+
+def test_v2_rebuild_on_a_small_subset_is_deterministic_and_starts_from_v1(tmp_path):
+    from gramprompt.data.pairs import openclipart_pairs
+
+    pairs = openclipart_pairs()[::100]
+    cfg = build_config("v2", seed=3, full_epochs=1, batch_size=16, head=HeadConfig(width=32, heads=2, layers=1))
+    a = build(pairs, cfg, out=tmp_path / "a" / "w.safetensors", cache=tmp_path / "cache", reference=False)
+    b = build(pairs, cfg, out=tmp_path / "b" / "w.safetensors", cache=tmp_path / "cache", reference=False)
+    assert a["sha256"] == b["sha256"]
+    assert a["teacher_sha256"] == json.loads(weights_path("v1").with_suffix(".json").read_text())["sha256"]
+    built = DefaultBackbone.from_weights(tmp_path / "a" / "w.safetensors")
+    assert isinstance(built.head, TokenHead) and built.name == "default:v2" and built.vision_width == 32

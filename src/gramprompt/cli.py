@@ -151,13 +151,16 @@ def cmd_zeroshot(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default_backbone(a: argparse.Namespace) -> int:
-    from .backbones.default.build import BuildConfig, build
+    from .backbones.default.build import build, build_config
+    from .backbones.default.model import weights_path
     from .data.pairs import openclipart_pairs
 
-    cfg = BuildConfig(seed=a.seed, base_epochs=a.base_epochs, full_epochs=a.full_epochs, limit=a.limit)
+    epochs = {k: v for k, v in (("base_epochs", a.base_epochs), ("full_epochs", a.full_epochs)) if v is not None}
+    cfg = build_config(a.version, seed=a.seed, limit=a.limit, **epochs)
+    out = a.out or weights_path(a.version)
     command = " ".join(["gram", "build-default-backbone", *sys.argv[2:]])
-    result = build(openclipart_pairs(), cfg, out=a.out, command=command)
-    print(f"wrote {a.out} (sha256 {result['sha256']})")
+    result = build(openclipart_pairs(), cfg, out=out, command=command)
+    print(f"wrote {out} (sha256 {result['sha256']})")
     return 0
 
 
@@ -345,14 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test-per-class", type=int, default=None, help="seeded subset of the test split")
     p.set_defaults(fn=cmd_zeroshot)
 
-    from .backbones.default.build import BuildConfig
-    from .backbones.default.model import WEIGHTS
+    from .backbones.default.model import DEFAULT_VERSION, VERSIONS
 
     p = sub.add_parser("build-default-backbone", help="retrain the offline default backbone's image head")
-    p.add_argument("--out", type=Path, default=WEIGHTS, help="weights file to write (a .json card and .log go beside it)")
-    p.add_argument("--seed", type=int, default=BuildConfig.seed)
-    p.add_argument("--base-epochs", type=int, default=BuildConfig.base_epochs)
-    p.add_argument("--full-epochs", type=int, default=BuildConfig.full_epochs)
+    p.add_argument("--version", choices=VERSIONS, default=DEFAULT_VERSION,
+                   help="which head to rebuild (v2 distils the shipped v1)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="weights file to write (a .json card and .log go beside it); default: the shipped file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-epochs", type=int, default=None, help="v1's base stage (default: the shipped build's)")
+    p.add_argument("--full-epochs", type=int, default=None,
+                   help="v1's full stage, v2's distillation (default: the shipped build's)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N openclipart pairs")
     p.set_defaults(fn=cmd_build_default_backbone)
 

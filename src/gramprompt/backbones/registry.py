@@ -6,7 +6,7 @@ import torch
 from .base import Backbone
 from .hf_clip import BackboneError, HFCLIPBackbone
 
-SPEC_FORMS = ("default", "default:WEIGHTS.safetensors", "hf:PATH_OR_HUB_ID")
+SPEC_FORMS = ("default", "default:v1", "default:v2", "default:WEIGHTS.safetensors", "hf:PATH_OR_HUB_ID")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEVICE_FORMS = ("cpu", "cuda", "cuda:N", "mps")
 
@@ -43,8 +43,16 @@ def resolve_device(name: str | None) -> str:
 
 
 def backbone_name(spec: str) -> str:
-    """The ``name`` the backbone loaded from ``spec`` will have (recorded in every run), without loading it."""
-    return "default" if spec.partition(":")[0] == "default" else spec
+    """The ``name`` the backbone loaded from ``spec`` will have (recorded in every run), without loading it:
+    ``default`` -> ``default:v2`` (the newest shipped version), so runs made on another version go stale."""
+    from .default.model import DEFAULT_VERSION
+
+    return f"default:{DEFAULT_VERSION}" if spec == "default" else spec
+
+
+def recorded_backbone(name: str) -> str:
+    """The backbone a stored run or hierarchy names: before v2 existed they recorded the bare ``default``, v1."""
+    return "default:v1" if name == "default" else backbone_name(name)
 
 
 def load_backbone(spec: str, *, device: torch.device | str | None = None,
@@ -54,7 +62,8 @@ def load_backbone(spec: str, *, device: torch.device | str | None = None,
     if kind == "hf" and rest:
         return HFCLIPBackbone.from_pretrained(rest, device=device, dtype=dtype)
     if kind == "default":
-        from .default.model import WEIGHTS, DefaultBackbone
+        from .default.model import DEFAULT_VERSION, VERSIONS, DefaultBackbone, weights_path
 
-        return DefaultBackbone.from_weights(rest or WEIGHTS, device=device, dtype=dtype)
+        path = weights_path(rest or DEFAULT_VERSION) if (rest or DEFAULT_VERSION) in VERSIONS else rest
+        return DefaultBackbone.from_weights(path, device=device, dtype=dtype, name=backbone_name(spec))
     raise BackboneError(f"unknown backbone {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from gramprompt.backbones.registry import backbone_name
 from gramprompt.chc.config import CHCConfig, FilterConfig
 from gramprompt.chc.domains import topic_domains_job
 from gramprompt.chc.executor import Executor, SerialExecutor
@@ -264,7 +265,7 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
             mine = my_shards(len(store.shards), shard_index, num_shards)
             assign_stage(store, cfg, out, executor, [store.shards[i].index for i in mine])
         return None
-    hierarchy = build_hierarchy(store, cfg, out, executor, {"pairs": pairs, "backbone": backbone_spec})
+    hierarchy = build_hierarchy(store, cfg, out, executor, {"pairs": pairs, "backbone": backbone_name(backbone_spec)})
     if report:
         from gramprompt.chc.report import write_report
 

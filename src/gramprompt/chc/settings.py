@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gramprompt.backbones.registry import backbone_name
 from gramprompt.chc.config import WORD_SETTINGS, CHCConfig
 from gramprompt.errors import GramError
 from gramprompt.runs import flat_settings
@@ -27,7 +28,7 @@ def feature_settings(pairs: str, backbone: str, cfg: CHCConfig) -> dict[str, Any
     cut the pairs differently and repeat some). The batch size is left out: it sets speed and memory,
     not what is computed, and must stay free to change on a resume (e.g. after running out of memory)."""
     features = {k: v for k, v in asdict(cfg.features).items() if k != "batch_size"}
-    return {"pairs": pairs, "backbone": backbone, "shard_size": cfg.shard_size, "features": features}
+    return {"pairs": pairs, "backbone": backbone_name(backbone), "shard_size": cfg.shard_size, "features": features}
 
 
 def topic_settings(store, cfg: CHCConfig, reducer=None, clusterer=None) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def _same(path: Path, settings: dict, defaults: dict | None = None) -> bool:
 
 
 def chc_settings(exp: Experiment, hierarchy: int | None = None) -> dict:
-    return {"pairs": exp.hierarchy.pairs, "backbone": exp.backbone,
+    return {"pairs": exp.hierarchy.pairs, "backbone": backbone_name(exp.backbone),
             "chc": exp.hierarchy.chc_config(hierarchy).to_dict()}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gramprompt.backbones.base import Backbone
-from gramprompt.backbones.registry import backbone_name
+from gramprompt.backbones.registry import recorded_backbone
 from gramprompt.chc.config import DomainConfig
 from gramprompt.chc.domains import cluster_domains
 from gramprompt.chc.hierarchy import Hierarchy
@@ -84,7 +84,7 @@ def check_hierarchy_backbone(hierarchy: Hierarchy, source, backbone: Backbone) -
     """A hierarchy's stored image features must come from this backbone: another encoder's features
     (even of the same width) are meaningless to its prompts."""
     made_with = hierarchy.info.get("backbone")
-    if made_with is not None and backbone_name(made_with) != backbone.name:
+    if made_with is not None and recorded_backbone(made_with) != backbone.name:
         raise GramError(f"{source} was clustered with backbone {made_with!r}, not {backbone.name!r}: meta-train "
                         f"with --backbone {made_with}, or rerun gram chc with --backbone {backbone.name}")
     width = hierarchy.store().dim("img")

@@ -3,10 +3,11 @@
 1. Frozen features, computed once and cached on disk (resumable per chunk): EfficientNet-Lite0's
    7x7 map and ImageNet logits of every openclipart image, MiniLM embeddings of every caption and
    of the 1000 ImageNet label names.
-2. Contrastive training (symmetric InfoNCE, learned temperature) of the image head only, on a
-   seeded train split of the pairs; a held-out slice picks the epoch. Stage 1 trains the base
-   (linear head + ConSE mix); stage 2 trains everything, the residual branch included.
-3. The weights (safetensors), a JSON card (config, seed, metrics, SHA-256) and the training log.
+2. Training of the image head only, on a seeded train split of the pairs; a held-out slice picks the
+   epoch. v1: contrastive (symmetric InfoNCE, learned temperature); stage 1 trains the base (linear
+   head + ConSE mix), stage 2 everything, the residual branch included. v2: the shipped v1 distilled
+   into the token transformer together with the contrastive loss (:mod:`.distill`).
+3. The weights (safetensors), a JSON card (version, config, seed, metrics, SHA-256) and the training log.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...data.images import load_batch
-from .head import HeadConfig, ImageHead
-from .model import LITE_TRANSFORM, WEIGHTS, MiniLMText
+from .distill import train_token_head
+from .head import HeadConfig, ImageHead, TokenHead
+from .model import LITE_TRANSFORM, WEIGHTS, MiniLMText, load_head, weights_path
 from .towers import imagenet_label_names, load_efficientnet_lite0
 
 logger = logging.getLogger(__name__)
@@ -35,16 +37,32 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BuildConfig:
+    """v1's settings by default; :func:`build_config` gives each version's."""
+
     seed: int = 0
     val_fraction: float = 0.05
-    base_epochs: int = 40
-    full_epochs: int = 10
+    base_epochs: int = 40  # v1 only: the base stage
+    full_epochs: int = 10  # v1: the whole head; v2: the distillation
     batch_size: int = 256
     lr: float = 1e-3
     branch_lr: float = 3e-4
     weight_decay: float = 0.01
     limit: int | None = None  # use only the first N pairs (tests, quick checks)
     head: HeadConfig = field(default_factory=HeadConfig)
+    version: str = "v1"
+    distill_weight: float = 1.0  # v2 only: weight of the distillation term
+    teacher: str | None = None  # v2 only: the v1 weights distilled (None: the shipped v1)
+
+
+V2_HEAD = HeadConfig()  # v1's shape: v2 starts from v1's token-side weights
+
+
+def build_config(version: str = "v2", **overrides) -> BuildConfig:
+    """The settings that built the shipped file of ``version``, with ``overrides``."""
+    if version == "v1":
+        return BuildConfig(**overrides)
+    return BuildConfig(**{"version": "v2", "base_epochs": 0, "full_epochs": 6, "head": V2_HEAD,
+                        "branch_lr": 5e-4, "distill_weight": 2.0, **overrides})
 
 
 @dataclass
@@ -167,20 +185,26 @@ def _train_stage(head: ImageHead, feats: Features, train: Tensor, val: Tensor, s
     return best
 
 
-def train_head(feats: Features, cfg: BuildConfig, log=lambda r: None) -> tuple[ImageHead, dict]:
+def train_head(feats: Features, cfg: BuildConfig, log=lambda r: None) -> tuple[ImageHead | TokenHead, dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):  # nn.Module init draws from the global RNG: pin it, restore it
         torch.manual_seed(cfg.seed)
-        head = ImageHead(cfg.head, feats.labels)
+        head = (ImageHead if cfg.version == "v1" else TokenHead)(cfg.head, feats.labels)
     n = len(feats.keys)
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(cfg.val_fraction * n)))
     val, train = perm[:n_val].sort().values, perm[n_val:]
     with torch.random.fork_rng(devices=[]):  # dropout also uses the global RNG
         torch.manual_seed(cfg.seed + 1)
-        metrics = {"base": _train_stage(head, feats, train, val, "base", cfg.base_epochs, cfg, gen, log)}
-        if cfg.full_epochs:
-            metrics["full"] = _train_stage(head, feats, train, val, "full", cfg.full_epochs, cfg, gen, log)
+        if cfg.version == "v1":
+            metrics = {"base": _train_stage(head, feats, train, val, "base", cfg.base_epochs, cfg, gen, log)}
+            if cfg.full_epochs:
+                metrics["full"] = _train_stage(head, feats, train, val, "full", cfg.full_epochs, cfg, gen, log)
+        else:
+            teacher_path = Path(cfg.teacher) if cfg.teacher else weights_path("v1")
+            teacher = load_head(teacher_path)
+            metrics = {"distill": train_token_head(head, teacher, feats, train, val, cfg, gen, clip_loss, log),
+                       "teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest()}
     metrics.update(pairs=n, train_pairs=len(train), val_pairs=n_val)
     return head.eval(), metrics
 
@@ -190,7 +214,8 @@ def save_weights(head: ImageHead, path: Path, cfg: BuildConfig, metrics: dict, c
     state = {k: v.detach().contiguous().float() for k, v in head.state_dict().items()}
     save_file(state, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    card = {"head": cfg.head.to_dict(), "build": {k: v for k, v in asdict(cfg).items() if k != "head"},
+    card = {"version": cfg.version, "head": cfg.head.to_dict(),
+            "build": {k: v for k, v in asdict(cfg).items() if k not in ("head", "version")},
             "metrics": metrics, "sha256": digest, "command": command,
             "torch": torch.__version__}
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")

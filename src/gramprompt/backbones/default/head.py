@@ -1,13 +1,17 @@
 """The small trained image-side parts of the default backbone (LiT-style: both towers stay frozen).
 
-Image embedding = base + branch:
-- base: a linear map of the pooled EfficientNet feature into MiniLM's space, plus the ConSE route
-  (the probability-weighted MiniLM embedding of the frozen ImageNet classifier's top-k label names),
-  each L2-normalized, mixed by a learned weight;
-- branch: a residual transformer over the 7x7 feature map as 49 tokens and a readout token, into
-  which VPT prompt tokens go (shallow: after the map tokens; deep: replaced at every layer). Its
-  output projection starts at zero, so an untrained branch is a no-op and the base is the floor.
-The frozen-at-prompt-time computation up to the branch's input is the "stem" (cacheable).
+Both versions start from the "base" embedding: a linear map of the pooled EfficientNet feature into
+MiniLM's space, plus the ConSE route (the probability-weighted MiniLM embedding of the frozen ImageNet
+classifier's top-k label names), each L2-normalized, mixed by a learned weight.
+
+- v1 (:class:`ImageHead`): embedding = base + branch, the branch a residual transformer over the 7x7
+  feature map as 49 tokens and a readout token, into which VPT prompt tokens go. Its output projection
+  starts at zero and training left it near zero, so visual prompts barely move the embedding.
+- v2 (:class:`TokenHead`): the base enters the transformer as its first token, beside the 49 map
+  tokens, and the embedding is read from that token after every layer: the whole embedding passes
+  through the layers that visual prompts enter, so prompts can steer it.
+
+The frozen-at-prompt-time computation up to the transformer's input is the "stem" (cacheable).
 """
 from __future__ import annotations
 
@@ -38,7 +42,9 @@ class HeadConfig:
         return asdict(self)
 
 
-class ImageHead(nn.Module):
+class _BaseEmbedding(nn.Module):
+    """The parts both versions share: the linear + ConSE base, the map tokens, the layers, the temperature."""
+
     def __init__(self, cfg: HeadConfig, label_embeddings: Tensor):
         super().__init__()
         self.cfg = cfg
@@ -48,19 +54,19 @@ class ImageHead(nn.Module):
         self.conse_weight = nn.Parameter(torch.tensor(1.0))
         self.token_proj = nn.Linear(FEATURE_DIM, w)
         self.pos = nn.Parameter(torch.randn(MAP_TOKENS, w) * 0.02)
-        self.readout = nn.Parameter(torch.randn(w) * 0.02)
+        self._token_parameters()  # here, so that each version's parameters draw the global RNG in a fixed order
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=cfg.dropout, activation="gelu",
                                        batch_first=True, norm_first=True) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(w)
         self.out = nn.Linear(w, d)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    @property
-    def stem_dim(self) -> int:
-        return self.cfg.embed_dim + MAP_TOKENS * self.cfg.width
+    def _token_parameters(self) -> None:
+        raise NotImplementedError
+
+    def map_tokens(self, fmap: Tensor) -> Tensor:
+        return self.token_proj(fmap.flatten(2).transpose(1, 2)) + self.pos
 
     def conse(self, imagenet_logits: Tensor) -> Tensor:
         """ConSE: sum of the top-k label-name embeddings weighted by their renormalized probability."""
@@ -71,11 +77,27 @@ class ImageHead(nn.Module):
     def base(self, pooled: Tensor, imagenet_logits: Tensor) -> Tensor:
         return F.normalize(self.linear(pooled), dim=-1) + self.conse_weight * self.conse(imagenet_logits)
 
+class ImageHead(_BaseEmbedding):
+    """v1: base + a residual branch whose output projection starts at zero (an untrained branch is a no-op)."""
+
+    version = "v1"
+
+    def __init__(self, cfg: HeadConfig, label_embeddings: Tensor):
+        super().__init__(cfg, label_embeddings)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _token_parameters(self) -> None:
+        self.readout = nn.Parameter(torch.randn(self.cfg.width) * 0.02)
+
+    @property
+    def stem_dim(self) -> int:
+        return self.cfg.embed_dim + MAP_TOKENS * self.cfg.width
+
     def stem(self, fmap: Tensor, imagenet_logits: Tensor) -> Tensor:
         """(B, 1280, 7, 7) map + (B, 1000) ImageNet logits -> (B, embed_dim + 49 * width), flat."""
         base = self.base(fmap.mean((2, 3)), imagenet_logits)
-        tokens = self.token_proj(fmap.flatten(2).transpose(1, 2)) + self.pos
-        return torch.cat([base, tokens.flatten(1)], dim=1)
+        return torch.cat([base, self.map_tokens(fmap).flatten(1)], dim=1)
 
     def from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *, per_image: bool = False) -> Tensor:
         d, w = self.cfg.embed_dim, self.cfg.width
@@ -83,3 +105,32 @@ class ImageHead(nn.Module):
         x = torch.cat([self.readout.expand(len(stem), 1, w).to(tokens.dtype), tokens], dim=1)
         x = run_with_prompts(x, self.layers, visual_prompts, per_image=per_image)
         return base + self.out(self.norm(x[:, 0]))
+
+
+class TokenHead(_BaseEmbedding):
+    """v2: the base, projected to the token width, is the transformer's first token; the embedding is that
+    token's output. Nothing bypasses the layers, so visual prompts (appended after the 50 tokens) can move
+    the whole embedding. A prompt of zeros is not a no-op: the layers' pre-LayerNorm maps it to its bias,
+    which the other tokens attend to, as in CLIP's ViT."""
+
+    version = "v2"
+
+    def _token_parameters(self) -> None:
+        self.base_proj = nn.Linear(self.cfg.embed_dim, self.cfg.width)
+
+    @property
+    def stem_dim(self) -> int:
+        return (1 + MAP_TOKENS) * self.cfg.width
+
+    def stem(self, fmap: Tensor, imagenet_logits: Tensor) -> Tensor:
+        """(B, 1280, 7, 7) map + (B, 1000) ImageNet logits -> (B, 50 * width): the base token, then the map's."""
+        base = self.base_proj(self.base(fmap.mean((2, 3)), imagenet_logits))
+        return torch.cat([base[:, None], self.map_tokens(fmap)], dim=1).flatten(1)
+
+    def from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *, per_image: bool = False) -> Tensor:
+        x = run_with_prompts(stem.view(len(stem), 1 + MAP_TOKENS, self.cfg.width), self.layers, visual_prompts,
+                             per_image=per_image)
+        return self.out(self.norm(x[:, 0]))
+
+
+HEADS: dict[str, type[_BaseEmbedding]] = {"v1": ImageHead, "v2": TokenHead}

