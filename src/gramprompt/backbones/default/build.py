@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...data.images import load_batch
-from .distill import train_token_head
+from . import distill
 from .head import HeadConfig, ImageHead, TokenHead
 from .model import LITE_TRANSFORM, WEIGHTS, MiniLMText, load_head, weights_path
 from .towers import imagenet_label_names, load_efficientnet_lite0
@@ -146,13 +147,11 @@ def evaluate_pairs(head: ImageHead, feats: Features, idx: Tensor, stage: str) ->
     return {"val_loss": clip_loss(img, txt, head.logit_scale).item(), "val_i2t_top1": top1}
 
 
-def _train_stage(head: ImageHead, feats: Features, train: Tensor, val: Tensor, stage: str, epochs: int,
-                 cfg: BuildConfig, gen: torch.Generator, log) -> dict:
-    base_params = [head.linear.weight, head.linear.bias, head.conse_weight, head.logit_scale]
-    groups = [{"params": base_params, "lr": cfg.lr}]
-    if stage == "full":
-        branch = [p for n, p in head.named_parameters() if not any(p is q for q in base_params)]
-        groups = [{"params": base_params, "lr": cfg.lr * 0.1}, {"params": branch, "lr": cfg.branch_lr}]
+def _fit(head: torch.nn.Module, groups: list[dict], train: Tensor, epochs: int, cfg: BuildConfig,
+         gen: torch.Generator, batch_loss: Callable[[Tensor], Tensor], evaluate: Callable[[], dict], stage: str,
+         log, key: str = "val_loss") -> dict:
+    """AdamW with a one-cycle schedule over shuffled batches of ``train``; keeps the epoch with the lowest
+    held-out ``key``. Shared by v1's two stages and v2's distillation."""
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps = epochs * math.ceil(len(train) / cfg.batch_size)
     if steps >= 20:  # one-cycle: 10% warm-up, then cosine annealing
@@ -169,20 +168,43 @@ def _train_stage(head: ImageHead, feats: Features, train: Tensor, val: Tensor, s
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            loss = clip_loss(_embed(head, feats, idx, stage), feats.captions[idx], head.logit_scale)
+            loss = batch_loss(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        record = {"stage": stage, "epoch": epoch + 1, "train_loss": total / len(train),
-                  **evaluate_pairs(head, feats, val, stage), "conse_weight": head.conse_weight.item(),
-                  "temperature": 1 / head.logit_scale.exp().item(), "seconds": time.perf_counter() - t0}
+        record = {"stage": stage, "epoch": epoch + 1, "train_loss": total / len(train), **evaluate(),
+                  "conse_weight": head.conse_weight.item(), "temperature": 1 / head.logit_scale.exp().item(),
+                  "seconds": time.perf_counter() - t0}
         log(record)
-        if best is None or record["val_loss"] < best["val_loss"]:
+        if best is None or record[key] < best[key]:
             best, best_state = record, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
     return best
+
+
+def _train_stage(head: ImageHead, feats: Features, train: Tensor, val: Tensor, stage: str, epochs: int,
+                 cfg: BuildConfig, gen: torch.Generator, log) -> dict:
+    base_params = [head.linear.weight, head.linear.bias, head.conse_weight, head.logit_scale]
+    groups = [{"params": base_params, "lr": cfg.lr}]
+    if stage == "full":
+        branch = [p for n, p in head.named_parameters() if not any(p is q for q in base_params)]
+        groups = [{"params": base_params, "lr": cfg.lr * 0.1}, {"params": branch, "lr": cfg.branch_lr}]
+    return _fit(head, groups, train, epochs, cfg, gen,
+                lambda idx: clip_loss(_embed(head, feats, idx, stage), feats.captions[idx], head.logit_scale),
+                lambda: evaluate_pairs(head, feats, val, stage), stage, log)
+
+
+def _distill(head: TokenHead, teacher: ImageHead, feats: Features, train: Tensor, val: Tensor, cfg: BuildConfig,
+             gen: torch.Generator, log) -> dict:
+    targets = distill.start_from_teacher(head, teacher, feats.fmap, feats.logits, train)
+    w = cfg.distill_weight
+    return _fit(head, distill.param_groups(head, cfg.lr * 0.1, cfg.branch_lr), train, cfg.full_epochs, cfg, gen,
+                lambda idx: distill.objective(head, feats.fmap[idx], feats.logits[idx], feats.captions[idx],
+                                              targets[idx], w, clip_loss),
+                lambda: distill.evaluate(head, feats.fmap, feats.logits, feats.captions, targets, val, w, clip_loss),
+                "distill", log, key="val_objective")
 
 
 def train_head(feats: Features, cfg: BuildConfig, log=lambda r: None) -> tuple[ImageHead | TokenHead, dict]:
@@ -203,7 +225,7 @@ def train_head(feats: Features, cfg: BuildConfig, log=lambda r: None) -> tuple[I
         else:
             teacher_path = Path(cfg.teacher) if cfg.teacher else weights_path("v1")
             teacher = load_head(teacher_path)
-            metrics = {"distill": train_token_head(head, teacher, feats, train, val, cfg, gen, clip_loss, log),
+            metrics = {"distill": _distill(head, teacher, feats, train, val, cfg, gen, log),
                        "teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest()}
     metrics.update(pairs=n, train_pairs=len(train), val_pairs=n_val)
     return head.eval(), metrics

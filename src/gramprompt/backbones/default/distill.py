@@ -11,8 +11,6 @@ pairs by the same sum.
 """
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -52,67 +50,39 @@ def init_from_teacher(student: TokenHead, teacher: ImageHead, targets: Tensor, m
         student.out.bias.copy_(mean)
 
 
+def start_from_teacher(head: TokenHead, teacher: ImageHead, fmap: Tensor, logits: Tensor, train: Tensor) -> Tensor:
+    """v1's embeddings of every image (the distillation targets), after starting ``head`` from ``teacher``."""
+    targets = teacher_embeddings(teacher, fmap, logits)
+    with torch.no_grad():
+        init_from_teacher(head, teacher, targets[train], teacher.map_tokens(fmap[train[:512]].float()))
+    return targets
+
+
+def param_groups(head: TokenHead, base_lr: float, lr: float) -> list[dict]:
+    """v1's base parts at a lower rate than the new token-side parts."""
+    return [{"params": [p for n, p in head.named_parameters() if n in SHARED], "lr": base_lr},
+            {"params": [p for n, p in head.named_parameters() if n not in SHARED], "lr": lr}]
+
+
 def distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
 
 
-def _embed(head: TokenHead, fmap: Tensor, logits: Tensor) -> Tensor:
-    return head.from_stem(head.stem(fmap.float(), logits))
+def objective(head: TokenHead, fmap: Tensor, logits: Tensor, captions: Tensor, targets: Tensor, weight: float,
+              clip_loss: Callable) -> Tensor:
+    img = head.from_stem(head.stem(fmap.float(), logits))
+    return clip_loss(img, captions, head.logit_scale) + weight * distill_loss(img, targets)
 
 
 @torch.no_grad()
-def evaluate(head: TokenHead, feats, targets: Tensor, idx: Tensor, weight: float,
-             clip_loss: Callable) -> dict:
+def evaluate(head: TokenHead, fmap: Tensor, logits: Tensor, captions: Tensor, targets: Tensor, idx: Tensor,
+             weight: float, clip_loss: Callable) -> dict:
+    """Held-out InfoNCE, distillation term, their weighted sum (which picks the epoch) and image->text top-1."""
     head.eval()
-    img = torch.cat([_embed(head, feats.fmap[idx[i:i + 256]], feats.logits[idx[i:i + 256]])
+    img = torch.cat([head.from_stem(head.stem(fmap[idx[i:i + 256]].float(), logits[idx[i:i + 256]]))
                      for i in range(0, len(idx), 256)])
-    txt = feats.captions[idx]
+    txt = captions[idx]
     sims = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     contrastive, distill = clip_loss(img, txt, head.logit_scale).item(), distill_loss(img, targets[idx]).item()
     return {"val_loss": contrastive, "val_distill": distill, "val_objective": contrastive + weight * distill,
             "val_i2t_top1": (sims.argmax(1) == torch.arange(len(idx))).float().mean().item() * 100}
-
-
-def train_token_head(head: TokenHead, teacher: ImageHead, feats, train: Tensor, val: Tensor, cfg,
-                     gen: torch.Generator, clip_loss: Callable, log=lambda r: None) -> dict:
-    """Start ``head`` from ``teacher`` and train it in place; keeps the epoch with the best held-out objective."""
-    targets = teacher_embeddings(teacher, feats.fmap, feats.logits)
-    sample = train[:512]
-    with torch.no_grad():
-        init_from_teacher(head, teacher, targets[train], teacher.map_tokens(feats.fmap[sample].float()))
-    base = [p for n, p in head.named_parameters() if n in SHARED]
-    rest = [p for n, p in head.named_parameters() if n not in SHARED]
-    groups = [{"params": base, "lr": cfg.lr * 0.1}, {"params": rest, "lr": cfg.branch_lr}]
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps = cfg.full_epochs * math.ceil(len(train) / cfg.batch_size)
-    if steps >= 20:  # one-cycle: 10% warm-up, then cosine annealing
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                    pct_start=0.1, anneal_strategy="cos")
-    else:  # too few steps for that schedule (tiny --limit runs): constant rate
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
-    best, best_state = None, None
-    for epoch in range(cfg.full_epochs):
-        head.train()
-        t0, total = time.perf_counter(), 0.0
-        perm = train[torch.randperm(len(train), generator=gen)]
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            img = _embed(head, feats.fmap[idx], feats.logits[idx])
-            loss = clip_loss(img, feats.captions[idx], head.logit_scale) + \
-                cfg.distill_weight * distill_loss(img, targets[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        record = {"stage": "distill", "epoch": epoch + 1, "train_objective": total / len(train),
-                  **evaluate(head, feats, targets, val, cfg.distill_weight, clip_loss),
-                  "conse_weight": head.conse_weight.item(), "temperature": 1 / head.logit_scale.exp().item(),
-                  "seconds": time.perf_counter() - t0}
-        log(record)
-        if best is None or record["val_objective"] < best["val_objective"]:
-            best, best_state = record, {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(best_state)
-    return best
