@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ...data.images import load_batch
 from . import distill
-from .head import HeadConfig, ImageHead, TokenHead
+from .head import HEADS, HeadConfig, ImageHead, TokenHead
 from .model import LITE_TRANSFORM, WEIGHTS, MiniLMText, load_head, weights_path
 from .towers import imagenet_label_names, load_efficientnet_lite0
 
@@ -55,7 +55,7 @@ class BuildConfig:
     teacher: str | None = None  # v2 only: the v1 weights distilled (None: the shipped v1)
 
 
-V2_HEAD = HeadConfig()  # v1's shape: v2 starts from v1's token-side weights
+V2_HEAD = HeadConfig()  # v1's shape: v2 starts from v1's map-token projection
 
 
 def build_config(version: str = "v2", **overrides) -> BuildConfig:
@@ -211,7 +211,7 @@ def train_head(feats: Features, cfg: BuildConfig, log=lambda r: None) -> tuple[I
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):  # nn.Module init draws from the global RNG: pin it, restore it
         torch.manual_seed(cfg.seed)
-        head = (ImageHead if cfg.version == "v1" else TokenHead)(cfg.head, feats.labels)
+        head = HEADS[cfg.version](cfg.head, feats.labels)
     n = len(feats.keys)
     perm = torch.randperm(n, generator=gen)
     n_val = max(2, int(round(cfg.val_fraction * n)))
