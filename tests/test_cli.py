@@ -171,7 +171,8 @@ def test_the_demo_is_table1_at_a_smaller_size():
 
     (demo,), (full,) = demo_experiments(DEMO), demo_experiments(FULL)
     assert full.name == "base2new" and demo.root != full.root  # its reduced checkpoints never mix with Table 1's
-    assert demo.rows == full.rows and demo.datasets == full.datasets and demo.shots == full.shots
+    assert demo.rows == full.rows and demo.shots == full.shots
+    assert demo.datasets == full.datasets[:4]  # Table 1's first four sets: with all six it took over 22 minutes
     assert demo.group == full.group and demo.fewshot["tune"] == full.fewshot["tune"]
     assert tuple(demo.seeds) == (1, 2) and tuple(demo.hierarchy.all_seeds()) == (0,) and len(full.hierarchy.all_seeds()) == 3
     assert demo.meta["iterations"] < full.meta.get("iterations", 300)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from gramprompt.data import cache_dir
 from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
@@ -32,6 +32,7 @@ from gramprompt.data.pairs.noto_emoji import (
     EMOJI_TEST,
     EmojiEntry,
     _save_png,
+    glyph_ink,
     parse_emoji_test,
 )
 
@@ -155,12 +156,8 @@ def load_symbola(font_path: str | os.PathLike | None = None) -> ImageFont.FreeTy
 
 def render_outline(text: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
     """Black antialiased glyph centred on a white ``EMOJI_CANVAS``; ``None`` if it draws blank."""
-    left, top, right, bottom = font.getbbox(text)
-    if right <= left or bottom <= top:
-        return None
-    ink = Image.new("L", (right - left, bottom - top), 0)
-    ImageDraw.Draw(ink).text((-left, -top), text, font=font, fill=255)
-    if ink.getbbox() is None:
+    ink = glyph_ink(text, font)
+    if ink is None:
         return None
     width, height = EMOJI_CANVAS
     room = (width - 2 * SYMBOLA_MARGIN, height - 2 * SYMBOLA_MARGIN)

@@ -17,11 +17,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from gramprompt.data import cache_dir
 from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
-from gramprompt.data.pairs.noto_emoji import _save_png
+from gramprompt.data.pairs.noto_emoji import _save_png, glyph_ink
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +130,10 @@ def font_codepoints(path: Path) -> set[int] | None:
 
 def render_letter(char: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
     """Black glyph centred on its ink box on a white ``CANVAS`` square; ``None`` if it draws blank."""
-    left, top, right, bottom = font.getbbox(char)
-    if right <= left or bottom <= top:
+    ink = glyph_ink(char, font)
+    if ink is None:
         return None
-    ink = Image.new("L", (right - left, bottom - top), 0)
-    ImageDraw.Draw(ink).text((-left, -top), char, font=font, fill=255)
-    box = ink.getbbox()
-    if box is None:
-        return None
-    ink = ink.crop(box)
+    ink = ink.crop(ink.getbbox())
     room = CANVAS - 2 * MARGIN
     scale = min(1.0, room / ink.width, room / ink.height)
     if scale < 1.0:

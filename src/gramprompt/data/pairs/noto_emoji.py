@@ -115,6 +115,16 @@ def _save_png(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def glyph_ink(text: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
+    """``text`` drawn white on black ("L") in its own bounding box; ``None`` when it draws nothing."""
+    left, top, right, bottom = font.getbbox(text)
+    if right <= left or bottom <= top:
+        return None
+    ink = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(ink).text((-left, -top), text, font=font, fill=255)
+    return ink if ink.getbbox() is not None else None
+
+
 def _emoji_render_dir(cache: str | os.PathLike | None, font_path: Path) -> Path:
     """Renderings depend on the font build, so its size and mtime pick the folder."""
     if cache is not None:
