@@ -22,7 +22,7 @@ from .fused import fuse_for_inference
 from .head import HEADS, IMAGENET_CLASSES, HeadConfig
 from .towers import load_efficientnet_lite0, load_minilm
 
-VERSIONS = ("v1", "v2")
+VERSIONS = tuple(HEADS)  # ("v1", "v2")
 DEFAULT_VERSION = "v2"
 
 
