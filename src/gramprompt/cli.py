@@ -155,8 +155,8 @@ def cmd_build_default_backbone(a: argparse.Namespace) -> int:
     from .backbones.default.model import weights_path
     from .data.pairs import openclipart_pairs
 
-    epochs = {k: v for k, v in (("base_epochs", a.base_epochs), ("full_epochs", a.full_epochs)) if v is not None}
-    cfg = build_config(a.version, seed=a.seed, limit=a.limit, **epochs)
+    given = (("base_epochs", a.base_epochs), ("full_epochs", a.full_epochs), ("distill_weight", a.distill_weight))
+    cfg = build_config(a.version, seed=a.seed, limit=a.limit, **{k: v for k, v in given if v is not None})
     out = a.out or weights_path(a.version)
     command = " ".join(["gram", "build-default-backbone", *sys.argv[2:]])
     result = build(openclipart_pairs(), cfg, out=out, command=command)
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-epochs", type=int, default=None, help="v1's base stage (default: the shipped build's)")
     p.add_argument("--full-epochs", type=int, default=None,
                    help="v1's full stage, v2's distillation (default: the shipped build's)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="v2: weight of the distillation term (default: the shipped build's)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N openclipart pairs")
     p.set_defaults(fn=cmd_build_default_backbone)
 

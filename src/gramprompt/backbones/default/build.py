@@ -129,7 +129,7 @@ def clip_loss(img: Tensor, txt: Tensor, log_scale: Tensor) -> Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def _embed(head: ImageHead, feats: Features, idx: Tensor, stage: str) -> Tensor:
+def _embed(head: ImageHead | TokenHead, feats: Features, idx: Tensor, stage: str) -> Tensor:
     fmap = feats.fmap[idx].float()
     if stage == "base":
         return head.base(fmap.mean((2, 3)), feats.logits[idx])
@@ -137,14 +137,20 @@ def _embed(head: ImageHead, feats: Features, idx: Tensor, stage: str) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_pairs(head: ImageHead, feats: Features, idx: Tensor, stage: str) -> dict:
-    """Held-out InfoNCE loss over the whole slice and image->text top-1 retrieval (percent)."""
+def evaluate_pairs(head: ImageHead | TokenHead, feats: Features, idx: Tensor, stage: str,
+                   targets: Tensor | None = None, weight: float = 0.0) -> dict:
+    """Held-out InfoNCE loss over the whole slice and image->text top-1 retrieval (percent); with v1's embeddings
+    ``targets`` (v2's distillation), also the distillation term and the weighted sum that picks the epoch."""
     head.eval()
     img = torch.cat([_embed(head, feats, idx[i:i + 256], stage) for i in range(0, len(idx), 256)])
     txt = feats.captions[idx]
     sims = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     top1 = (sims.argmax(1) == torch.arange(len(idx))).float().mean().item() * 100
-    return {"val_loss": clip_loss(img, txt, head.logit_scale).item(), "val_i2t_top1": top1}
+    out = {"val_loss": clip_loss(img, txt, head.logit_scale).item(), "val_i2t_top1": top1}
+    if targets is not None:
+        out["val_distill"] = distill.distill_loss(img, targets[idx]).item()
+        out["val_objective"] = out["val_loss"] + weight * out["val_distill"]
+    return out
 
 
 def _fit(head: torch.nn.Module, groups: list[dict], train: Tensor, epochs: int, cfg: BuildConfig,
@@ -203,7 +209,7 @@ def _distill(head: TokenHead, teacher: ImageHead, feats: Features, train: Tensor
     return _fit(head, distill.param_groups(head, cfg.lr * 0.1, cfg.branch_lr), train, cfg.full_epochs, cfg, gen,
                 lambda idx: distill.objective(head, feats.fmap[idx], feats.logits[idx], feats.captions[idx],
                                               targets[idx], w, clip_loss),
-                lambda: distill.evaluate(head, feats.fmap, feats.logits, feats.captions, targets, val, w, clip_loss),
+                lambda: evaluate_pairs(head, feats, val, "distill", targets, w),
                 "distill", log, key="val_objective")
 
 

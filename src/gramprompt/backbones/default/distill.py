@@ -72,17 +72,3 @@ def objective(head: TokenHead, fmap: Tensor, logits: Tensor, captions: Tensor, t
               clip_loss: Callable) -> Tensor:
     img = head.from_stem(head.stem(fmap.float(), logits))
     return clip_loss(img, captions, head.logit_scale) + weight * distill_loss(img, targets)
-
-
-@torch.no_grad()
-def evaluate(head: TokenHead, fmap: Tensor, logits: Tensor, captions: Tensor, targets: Tensor, idx: Tensor,
-             weight: float, clip_loss: Callable) -> dict:
-    """Held-out InfoNCE, distillation term, their weighted sum (which picks the epoch) and image->text top-1."""
-    head.eval()
-    img = torch.cat([head.from_stem(head.stem(fmap[idx[i:i + 256]].float(), logits[idx[i:i + 256]]))
-                     for i in range(0, len(idx), 256)])
-    txt = captions[idx]
-    sims = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
-    contrastive, distill = clip_loss(img, txt, head.logit_scale).item(), distill_loss(img, targets[idx]).item()
-    return {"val_loss": contrastive, "val_distill": distill, "val_objective": contrastive + weight * distill,
-            "val_i2t_top1": (sims.argmax(1) == torch.arange(len(idx))).float().mean().item() * 100}
