@@ -1,6 +1,8 @@
 """Seeded split functions: base/new, few-shot, stratified, validation shots."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from gramprompt.data.splits import (
     NotEnoughShotsError,
     base_new_split,
     few_shot,
+    grouped_split,
     stratified_split,
 )
 
@@ -192,3 +195,40 @@ def test_validation_spec_of_a_validation_spec_is_refused():
     with pytest.raises(DatasetError, match="validation view of a validation view"):
         parse_spec("val:val:digits")
     assert parse_spec("val:digits") == ("val", ("digits",))
+
+
+def test_grouped_split_keeps_groups_whole_within_the_budget() -> None:
+    names = ["a", "b"]
+    groups = [f"a/f{i // 3}" for i in range(30)] + [f"b/g{i}" for i in range(10)]
+    samples = [Sample(f"x{i}.png", int(g.startswith("b/"))) for i, g in enumerate(groups)]
+    train, test = grouped_split(samples, groups, names, 0.3, seed=0)
+    assert sorted(s.source for s in train + test) == sorted(s.source for s in samples)
+    group_of = {s.source: g for s, g in zip(samples, groups)}
+    assert not {group_of[s.source] for s in train} & {group_of[s.source] for s in test}
+    assert Counter(s.label for s in test) == {0: 9, 1: 3}  # ceil(0.3 * n) images, whole groups
+    assert test == [s for s in samples if s in test]  # input order kept
+    assert (train, test) == grouped_split(samples, groups, names, 0.3, seed=0)
+    assert test != grouped_split(samples, groups, names, 0.3, seed=1)[1]
+
+
+def test_grouped_split_first_group_goes_even_over_budget_and_others_do_not_move_it() -> None:
+    # class "a": one group of 5 images and four of 1; ceil(0.3 * 9) = 3 < 5
+    groups = ["big"] * 5 + ["s1", "s2", "s3", "s4"]
+    samples = [Sample(f"a{i}", 0) for i in range(9)]
+    for seed in range(20):
+        _, test = grouped_split(samples, groups, ["a"], 0.3, seed=seed)
+        first = np.random.default_rng([seed, __import__("zlib").crc32(b"a")]).permutation(5)[0]
+        assert (len(test) >= 5) == (first == 0)  # "big" (sorted first) is in test iff drawn first
+        assert 1 <= len(test) <= 5
+    # adding a class leaves class "a"'s draw as it was
+    more = samples + [Sample(f"b{i}", 1) for i in range(4)]
+    with_b = grouped_split(more, groups + ["t0", "t0", "t1", "t2"], ["a", "b"], 0.3, seed=3)[1]
+    assert [s for s in with_b if s.label == 0] == grouped_split(samples, groups, ["a"], 0.3, seed=3)[1]
+
+
+def test_grouped_split_refuses_a_one_group_class_and_a_bad_fraction() -> None:
+    samples = [Sample("a", 0), Sample("b", 0), Sample("c", 1), Sample("d", 1)]
+    with pytest.raises(ValueError, match="'x' has 1"):
+        grouped_split(samples, [5, 5, 6, 7], ["x", "y"], 0.3, seed=0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        grouped_split(samples, [1, 2, 3, 4], ["x", "y"], 1.0)

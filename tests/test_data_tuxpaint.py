@@ -11,12 +11,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from gramprompt.data import tuxpaint
-from gramprompt.data.dataset import DatasetError, Sample
+from gramprompt.data.dataset import DatasetError
 from gramprompt.data.tuxpaint import (
     COPIES_FILE,
     TUXPAINT_STAMPS,
     family_key,
-    family_split,
     is_near_copy,
     list_stamps,
     load_tuxpaint_stamps,
@@ -72,21 +71,6 @@ def test_family_key_groups_variants_within_a_class() -> None:
     assert family_key("plants/mushrooms/cep-1.png") == family_key("plants/mushrooms/cep.png")
     assert family_key("space/planets/3_earth.png") == "space/earth"
     assert family_key("food/fruit/apple_red.png") != family_key("plants/apple.png")  # other class
-
-
-def test_family_split_keeps_families_whole_and_every_class_in_test() -> None:
-    names = ["a", "b"]
-    families = [f"a/f{i // 3}" for i in range(30)] + [f"b/g{i}" for i in range(10)]
-    samples = [Sample(f"x{i}.png", int(fam.startswith("b/"))) for i, fam in enumerate(families)]
-    train, test = family_split(samples, families, names, 0.3, seed=0)
-    assert sorted(s.source for s in train + test) == sorted(s.source for s in samples)
-    family_of = {s.source: f for s, f in zip(samples, families)}
-    assert not {family_of[s.source] for s in train} & {family_of[s.source] for s in test}
-    assert Counter(s.label for s in test) == {0: 9, 1: 3}  # ceil(0.3 * n), whole families
-    assert (train, test) == family_split(samples, families, names, 0.3, seed=0)
-    assert test != family_split(samples, families, names, 0.3, seed=1)[1]
-    with pytest.raises(ValueError, match="test_fraction"):
-        family_split(samples, families, names, 1.0)
 
 
 def _png(path: Path, k: int) -> None:

@@ -10,18 +10,17 @@ are near-duplicates and must never sit on both sides.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageFont
 
 from gramprompt.data import cache_dir
 from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
 from gramprompt.data.pairs.noto_emoji import _save_png, glyph_ink
+from gramprompt.data.splits import grouped_split
 
 logger = logging.getLogger(__name__)
 
@@ -217,33 +216,6 @@ def noto_script_images(
     return out
 
 
-def grouped_split(samples: Sequence[Sample], groups: Sequence[int], test_fraction: float,
-                  seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Seeded (train, test) split that keeps every group on one side.
-
-    Per class (in label order, one local ``default_rng(seed)``), ``ceil(test_fraction * n)``
-    of its ``n`` sorted groups go to test, at least one group staying in train. Both halves
-    keep the input order. Every class needs at least 2 groups.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    per_class: dict[int, set[int]] = {}
-    for sample, group in zip(samples, groups, strict=True):
-        per_class.setdefault(sample.label, set()).add(group)
-    rng = np.random.default_rng(seed)
-    test_groups = set()
-    for label in sorted(per_class):
-        members = sorted(per_class[label])
-        if len(members) < 2:
-            raise ValueError(f"grouped split needs >= 2 groups per class; class {label} has 1")
-        n_test = min(math.ceil(test_fraction * len(members)), len(members) - 1)
-        test_groups.update((label, members[i]) for i in rng.permutation(len(members))[:n_test])
-    train, test = [], []
-    for sample, group in zip(samples, groups):
-        (test if (sample.label, group) in test_groups else train).append(sample)
-    return train, test
-
-
 def load_noto_scripts(test_fraction: float = 0.3, seed: int = 0,
                       scripts: Iterable[str] | None = None, max_letters: int = MAX_LETTERS,
                       font_dir: str | os.PathLike | None = None,
@@ -257,5 +229,5 @@ def load_noto_scripts(test_fraction: float = 0.3, seed: int = 0,
         for cp, path in items:
             samples.append(Sample(path, label))
             groups.append(cp)
-    train, test = grouped_split(samples, groups, test_fraction, seed)
+    train, test = grouped_split(samples, groups, classnames, test_fraction, seed)
     return ClassificationDataset(name="noto-scripts", classnames=classnames, train=train, test=test)

@@ -5,8 +5,9 @@ Nothing here mutates its input; every random choice comes from an explicit seed.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -128,6 +129,38 @@ def stratified_split(
         np.arange(len(samples)), test_size=test_fraction, stratify=labels, random_state=seed
     )
     return ([samples[i] for i in np.sort(train_idx)], [samples[i] for i in np.sort(test_idx)])
+
+
+def grouped_split(samples: Sequence[Sample], groups: Sequence[Hashable], classnames: Sequence[str],
+                  test_fraction: float = 0.3, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Seeded (train, test) split that keeps every group (a stamp family, a letter in several
+    fonts) on one side, so near-duplicates never straddle it. Both halves keep the input order.
+
+    Per class, groups are drawn in a seeded order (one generator per class, seeded by ``seed``
+    and the class name, so adding or dropping other classes does not move it) and go to test
+    while they fit within ``ceil(test_fraction * class size)`` images; the first drawn always
+    goes. Every class needs at least 2 groups, so both sides get some of it.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    members: dict[int, dict[Hashable, list[int]]] = {}
+    for i, (sample, group) in enumerate(zip(samples, groups, strict=True)):
+        members.setdefault(sample.label, {}).setdefault(group, []).append(i)
+    test: set[int] = set()
+    for label, by_group in sorted(members.items()):
+        if len(by_group) < 2:
+            raise ValueError(f"grouped split needs >= 2 groups per class; "
+                             f"class {classnames[label]!r} has 1")
+        rng = np.random.default_rng([seed, zlib.crc32(classnames[label].encode())])
+        budget = math.ceil(test_fraction * sum(len(g) for g in by_group.values()))
+        keys, taken = sorted(by_group), 0
+        for k in rng.permutation(len(keys)):
+            group = by_group[keys[k]]
+            if taken == 0 or taken + len(group) <= budget:
+                test.update(group)
+                taken += len(group)
+    return ([s for i, s in enumerate(samples) if i not in test],
+            [s for i, s in enumerate(samples) if i in test])
 
 
 VALIDATION_FRACTION = 0.3  # of the train split, for datasets that ship no validation split

@@ -8,18 +8,16 @@ a minute). Regenerate that file after a change of either package, of ``EXCLUDED_
 of the near-copy rule: ``python -m gramprompt.data.tuxpaint --write-exclusions``.
 
 Stamps come in families (``pig``, ``pig_golden``, ``pig_golden2``; one flag in six colours),
-so the split keeps every family on one side; see ``family_key`` and ``family_split``.
+so the split keeps every family on one side; see ``family_key`` and ``splits.grouped_split``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import time
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, require_two_classes
 from gramprompt.data.offline import SPLIT_SEED, TEST_FRACTION, readable
 from gramprompt.data.pairs.openclipart import OPENCLIPART_PNG, png_index, usable_pngs
+from gramprompt.data.splits import grouped_split
 
 TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
 TUXPAINT_INSTALL = (
@@ -276,35 +275,6 @@ def list_stamps(root: str | os.PathLike | None = None,
 # --------------------------------------------------------------------------- split
 
 
-def family_split(samples: Sequence[Sample], families: Sequence[str], classnames: Sequence[str],
-                 test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
-                 ) -> tuple[list[Sample], list[Sample]]:
-    """(train, test) with whole families on one side, both in input order.
-
-    Per class, families are drawn in a seeded order (one generator per class, seeded by
-    ``seed`` and the class name, so other classes do not shift it) and go to test while they
-    fit within ``ceil(test_fraction * class size)`` images; the first drawn always goes, so a
-    class with two or more families always has test images.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    members: dict[int, dict[str, list[int]]] = {}
-    for i, (sample, family) in enumerate(zip(samples, families, strict=True)):
-        members.setdefault(sample.label, {}).setdefault(family, []).append(i)
-    test: set[int] = set()
-    for label, groups in sorted(members.items()):
-        rng = np.random.default_rng([seed, zlib.crc32(classnames[label].encode())])
-        target = math.ceil(test_fraction * sum(len(g) for g in groups.values()))
-        keys, taken = sorted(groups), 0
-        for k in rng.permutation(len(keys)):
-            group = groups[keys[k]]
-            if taken == 0 or taken + len(group) <= target:
-                test.update(group)
-                taken += len(group)
-    return ([s for i, s in enumerate(samples) if i not in test],
-            [s for i, s in enumerate(samples) if i in test])
-
-
 def load_tuxpaint_stamps(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED,
                          root: str | os.PathLike | None = None) -> ClassificationDataset:
     """Tux Paint PNG stamps labelled by top-level folder ("animals", "food", ...), split by
@@ -313,8 +283,8 @@ def load_tuxpaint_stamps(test_fraction: float = TEST_FRACTION, seed: int = SPLIT
     classnames = sorted({s.classname for s in stamps})
     index = {c: i for i, c in enumerate(classnames)}
     samples = [Sample(s.path, index[s.classname]) for s in stamps]
-    train, test = family_split(samples, [s.family for s in stamps], classnames,
-                               test_fraction, seed)
+    train, test = grouped_split(samples, [s.family for s in stamps], classnames,
+                                test_fraction, seed)
     dataset = ClassificationDataset(name="tuxpaint-stamps", classnames=classnames,
                                     train=train, test=test)
     require_two_classes(dataset, str(TUXPAINT_STAMPS if root is None else root))
