@@ -250,6 +250,29 @@ def test_variant_rows_wait_for_their_checkpoint_and_are_redone_when_it_changes(t
     assert [job_status(exp, j) for j in plan(exp)] == [STALE]
 
 
+def test_a_meta_checkpoint_goes_stale_when_its_hierarchy_or_backbone_changes(tiny_clip_dir, tmp_path):
+    from gramprompt.experiments.runner import STAGE, meta_settings
+
+    hierarchy = tmp_path / "chc"
+    hierarchy.mkdir()
+    (hierarchy / "hierarchy.parquet").write_bytes(b"first clustering")
+    cfg = _tiny(tmp_path, tiny_clip_dir, seeds=[1], hierarchy={"path": str(hierarchy)},
+                variants={"coop": {"method": "coop"}}, rows=[{"label": "coop+gram", "method": "coop", "variant": "coop"}])
+    exp = load_experiment(cfg)
+    meta = next(j for j in plan(exp) if j.kind == "meta")
+    assert job_status(exp, meta) == PENDING
+    meta.out.mkdir(parents=True)
+    (meta.out / STAGE).write_text(yaml.safe_dump(meta_settings(exp, "coop"), sort_keys=False))
+    (meta.out / "gram.safetensors").write_bytes(b"theta and phi")
+    assert job_status(exp, meta) == DONE
+    (hierarchy / "hierarchy.parquet").write_bytes(b"second clustering")  # re-clustered at the same path
+    assert job_status(exp, meta) == STALE
+    (hierarchy / "hierarchy.parquet").write_bytes(b"first clustering")
+    assert job_status(exp, meta) == DONE
+    other = load_experiment(cfg, ["backbone=default:v1"])
+    assert job_status(other, next(j for j in plan(other) if j.kind == "meta")) == STALE
+
+
 def test_transfer_targets_are_added_without_tuning_again(tiny_clip_dir, tmp_path, capsys):
     from gramprompt.cli import main
 

@@ -139,9 +139,15 @@ def chc_settings(exp: Experiment, hierarchy: int | None = None) -> dict:
 
 
 def meta_settings(exp: Experiment, name: str, hierarchy: int | None = None) -> dict:
+    """What a meta-training stage was made from. The hierarchy's sha256 (None before it exists) and the backbone
+    make a checkpoint stale when its hierarchy is re-clustered or the backbone changes, not only its settings."""
     v = exp.variants[name]
-    return {"source": v.supervised or str(chc_dir(exp, hierarchy)), "method": v.method, "prompt": asdict(v.prompt),
-            "meta": asdict(exp.meta_config(v))}
+    settings = {"source": v.supervised or str(chc_dir(exp, hierarchy)), "backbone": backbone_name(exp.backbone),
+                "method": v.method, "prompt": asdict(v.prompt), "meta": asdict(exp.meta_config(v))}
+    if not v.supervised:
+        tasks = chc_dir(exp, hierarchy) / "hierarchy.parquet"
+        settings["hierarchy_sha256"] = _sha256(tasks) if tasks.is_file() else None
+    return settings
 
 
 def checkpoint_path(exp: Experiment, name: str, hierarchy: int | None = None) -> Path:
