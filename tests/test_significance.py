@@ -56,10 +56,11 @@ def test_interval_is_the_percentile_of_the_reference_replicates_in_chunks(monkey
     ref_rng, slow = np.random.default_rng(9), []
     for n in (7, 7, 7, 7, 7, 5):
         idx = draw_indices(a, b, n, ref_rng)
-        slow += [_reference(a, b, idx, r)[2] for r in range(n)]
+        slow += [_reference(a, b, idx, r) for r in range(n)]
     d = paired_h_bootstrap(a, b, replicates=40, level=0.9, rng=9)
-    low, high = np.quantile(slow, [0.05, 0.95])
-    assert (d.low, d.high) == pytest.approx((low, high), abs=1e-9)
+    (base, new, h) = (tuple(np.quantile(column, [0.05, 0.95])) for column in np.array(slow).T)
+    assert (d.low, d.high) == pytest.approx(h, abs=1e-9)
+    assert d.base_interval == pytest.approx(base, abs=1e-9) and d.new_interval == pytest.approx(new, abs=1e-9)
 
 
 def test_point_estimates_by_hand():
@@ -81,6 +82,7 @@ def test_identical_rows_give_exactly_zero():
     a = _cells(rng, 1, 3, SIZES, 0.6)
     d = paired_h_bootstrap(a, {k: (v[0].copy(), v[1].copy()) for k, v in a.items()}, replicates=300)
     assert (d.d_base, d.d_new, d.d_h, d.low, d.high) == (0.0, 0.0, 0.0, 0.0, 0.0) and d.side == 0
+    assert d.base_interval == d.new_interval == (0.0, 0.0)
 
 
 def test_a_row_right_wherever_the_other_is_wrong_is_significantly_better():
@@ -232,6 +234,9 @@ def test_report_prints_the_significance_of_compare_rows(tmp_path, tiny_clip_dir)
              "correct": {"base": b, "new": n}}))
     out = experiment_tables(exp)
     # coop 50 / 25 -> H 33.33; coop-b 100 / 75 -> H 85.71: dH = +52.38, and every replicate is > 0.
-    assert "| CoOp B | CoOp | +50.00 | +50.00 | +52.38 [" in out and "| – | n/a |" in out
+    # Base and New: half the 4 images differ (by +1): a resample of 4 draws none (or all) of them with p = 1/16
+    # > 2.5%, so both intervals run from 0 to 100.
+    assert "| CoOp B | CoOp | +50.00 [+0.00, +100.00] | +50.00 [+0.00, +100.00] | +52.38 [" in out
+    assert "| – | n/a |" in out
     assert out.count("Paired bootstrap") == 1  # the second table lacks the base row: no comparison
     assert "4 of 6 runs finished" in out

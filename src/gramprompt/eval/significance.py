@@ -46,7 +46,9 @@ class _Interval:
 
 @dataclass(frozen=True)
 class HDiff(_Interval):
-    """Row a minus row b: point estimates on the data (percent) and the bootstrap interval of dH."""
+    """Row a minus row b: point estimates on the data (percent) and the bootstrap intervals of dH (``low``,
+    ``high``, what ``side`` reads) and of dBase and dNew (from the same replicates: a trade of Base for New
+    is a claim too)."""
 
     d_base: float
     d_new: float
@@ -57,6 +59,8 @@ class HDiff(_Interval):
     replicates: int
     hierarchies: tuple[int, int]  # per row
     seeds: int  # summed over datasets (the seeds both rows have)
+    base_interval: tuple[float, float] = (float("nan"), float("nan"))
+    new_interval: tuple[float, float] = (float("nan"), float("nan"))
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,9 @@ def _check_arguments(replicates: int, level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level}")
 
 
-def _percentile_interval(stats: list[np.ndarray], level: float) -> tuple[float, float]:
+def _percentile_interval(stats: list[np.ndarray] | np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(np.concatenate(stats), [tail, 1.0 - tail])
+    low, high = np.quantile(np.concatenate(stats) if isinstance(stats, list) else stats, [tail, 1.0 - tail])
     return float(low), float(high)
 
 
@@ -179,11 +183,11 @@ def paired_h_bootstrap(a: RowCells, b: RowCells, *, replicates: int = 2000, leve
     stats = []
     for start in range(0, replicates, chunk):
         idx = draw_indices(a, b, min(chunk, replicates - start), rng)
-        stats.append(replicate_stats(a, b, idx)[:, 2])
-    low, high = _percentile_interval(stats, level)
-    return HDiff(d_base=ba - bb, d_new=na - nb, d_h=float(_h(ba, na) - _h(bb, nb)), low=low,
-                 high=high, level=level, replicates=replicates, hierarchies=_hierarchies(a, b),
-                 seeds=sum(pair[0].shape[1] for pair in a.values()))
+        stats.append(replicate_stats(a, b, idx))
+    d_base, d_new, d_h = (_percentile_interval(column, level) for column in np.concatenate(stats).T)
+    return HDiff(d_base=ba - bb, d_new=na - nb, d_h=float(_h(ba, na) - _h(bb, nb)), low=d_h[0],
+                 high=d_h[1], level=level, replicates=replicates, hierarchies=_hierarchies(a, b),
+                 seeds=sum(pair[0].shape[1] for pair in a.values()), base_interval=d_base, new_interval=d_new)
 
 
 # --------------------------------------------------------------------------- transfer: mean over targets

@@ -307,7 +307,11 @@ def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str], k
 
 
 def _interval(d: HDiff) -> str:
-    return f"{d.d_h:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+    return _with_interval(d.d_h, (d.low, d.high))
+
+
+def _with_interval(point: float, interval: tuple[float, float]) -> str:
+    return f"{point:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
 def _holds(diffs: Sequence[HDiff | MeanDiff | None]) -> str:
@@ -324,8 +328,8 @@ def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[st
                        datasets: Sequence[str], *, replicates: int = 2000, level: float = 0.95,
                        seed: int = 0) -> str:
     """Each comparison ``(row label, row title, base label, base title)``: the row's Base, New and average H
-    minus its base row's, with a paired bootstrap interval of the H difference (``eval.significance``),
-    pooled over hierarchies and per hierarchy of the row, and whether it holds on every hierarchy.
+    minus its base row's, each with its paired bootstrap interval (``eval.significance``), pooled over
+    hierarchies; H's also per hierarchy of the row, and whether it holds on every hierarchy.
 
     Comparisons without per-image correctness (old summaries) show the differences of the table averages
     and "–" for intervals; the reasons are listed under the table."""
@@ -337,7 +341,7 @@ def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[st
         if isinstance(pooled, str):
             notes.append(f"{title} vs {base_title}: {pooled}")
             a, b = _average(runs, label, datasets), _average(runs, base, datasets)
-            points = ["–"] * 2 if a is None or b is None else [f"{a[0] - b[0]:+.2f}", f"{a[1] - b[1]:+.2f}"]
+            points = ["–"] * 2 if a is None or b is None else [f"{a[0] - b[0]:+.2f} [–]", f"{a[1] - b[1]:+.2f} [–]"]
             h = "–" if a is None or b is None else f"{harmonic_mean(*a) - harmonic_mean(*b):+.2f} [–]"
             out.append([title, base_title, *points, h, "–", "n/a"])
             continue
@@ -348,10 +352,10 @@ def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[st
             per.append((h, None if isinstance(cells, str) else
                         paired_h_bootstrap(*cells, replicates=replicates, level=level, rng=seed)))
         per_cell = "; ".join(f"h{h}: {_interval(x) if x else '–'}" for h, x in per) or "–"
-        out.append([title, base_title, f"{d.d_base:+.2f}", f"{d.d_new:+.2f}", _interval(d), per_cell,
-                    _holds([x for _, x in per])])
-    header = ["Row", "vs", "ΔBase", "ΔNew", f"ΔH [{pct} interval]", f"per hierarchy ΔH [{pct} interval]",
-              "holds on every hierarchy"]
+        out.append([title, base_title, _with_interval(d.d_base, d.base_interval),
+                    _with_interval(d.d_new, d.new_interval), _interval(d), per_cell, _holds([x for _, x in per])])
+    header = ["Row", "vs", f"ΔBase [{pct} interval]", f"ΔNew [{pct} interval]", f"ΔH [{pct} interval]",
+              f"per hierarchy ΔH [{pct} interval]", "holds on every hierarchy"]
     legend = (f"Paired bootstrap, {replicates} replicates (seed {seed}), {pct} percentile intervals: each replicate "
               f"resamples the test images of every dataset and split and the seeds of every dataset (the same "
               f"for both rows), and each row's CHC hierarchies (shared across datasets); H is the harmonic mean "
