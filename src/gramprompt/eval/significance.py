@@ -59,8 +59,8 @@ class HDiff(_Interval):
     replicates: int
     hierarchies: tuple[int, int]  # per row
     seeds: int  # summed over datasets (the seeds both rows have)
-    base_interval: tuple[float, float] = (float("nan"), float("nan"))
-    new_interval: tuple[float, float] = (float("nan"), float("nan"))
+    base_interval: tuple[float, float]
+    new_interval: tuple[float, float]
 
 
 @dataclass(frozen=True)
