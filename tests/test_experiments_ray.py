@@ -80,8 +80,10 @@ def test_ray_runs_every_job_as_the_local_runner_does_then_skips_them(cluster, ti
         run_experiment(on_ray, executor="slurm")
 
 
-def test_a_worker_killed_mid_task_has_its_task_rerun(cluster, tiny_clip_dir, tmp_path):
+def test_a_worker_killed_mid_task_has_its_task_rerun(cluster, tiny_clip_dir, tmp_path, monkeypatch):
     exp = _experiment(tmp_path, tiny_clip_dir)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # the root is absolute: nothing belongs in the runner's directory
     killer = subprocess.Popen([sys.executable, "-c", KILLER, "300"], stdout=subprocess.PIPE, text=True)
     try:
         run_experiment(exp, executor="ray")
@@ -92,3 +94,5 @@ def test_a_worker_killed_mid_task_has_its_task_rerun(cluster, tiny_clip_dir, tmp
     assert killer.returncode == 0 and out.strip().isdigit(), "no Ray task was seen running"
     assert all(job_status(exp, j) == DONE for j in plan(exp))
     assert len(summaries(exp)) == 8
+    # a Ray worker kept from the test above (relative root "ray-root") once wrote this experiment's features there
+    assert not any((tmp_path / "cwd").iterdir())

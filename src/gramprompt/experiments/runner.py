@@ -373,11 +373,12 @@ def _ray_job(task: tuple[Experiment, str | None, Job | list[Job], str]) -> list[
         raise FileNotFoundError(f"the runner's working directory {cwd} does not exist on this Ray node: relative run "
                                 "folders and data paths resolve against it, so it must be on storage every node shares")
     os.chdir(cwd)  # relative roots and data paths mean what they mean to the runner
-    key = (exp.backbone, exp.dtype, device)
+    # the root's absolute path too: a worker's feature cache lives under the root of the experiment it was made for
+    key = (exp.backbone, exp.dtype, device, os.path.abspath(exp.root))
     if key not in _RAY_WORKERS:
         _RAY_WORKERS[key] = Worker(exp, device)
     worker = _RAY_WORKERS[key]
-    worker.exp = exp  # the backbone and cache serve any experiment on it
+    worker.exp = exp  # the backbone and cache serve any experiment under this root
     return _do(worker, unit)
 
 
