@@ -232,3 +232,26 @@ def test_grouped_split_refuses_a_one_group_class_and_a_bad_fraction() -> None:
         grouped_split(samples, [5, 5, 6, 7], ["x", "y"], 0.3, seed=0)
     with pytest.raises(ValueError, match="test_fraction"):
         grouped_split(samples, [1, 2, 3, 4], ["x", "y"], 1.0)
+
+
+def test_samples_sha256_follows_contents_labels_and_order_not_paths(tmp_path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from gramprompt.data.dataset import Sample, samples_sha256
+
+    (tmp_path / "a").mkdir()
+    for i in range(2):
+        (tmp_path / "a" / f"{i}.png").write_bytes(bytes([i]) * 10)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same files elsewhere (another machine's install)
+    files = lambda d, labels=(0, 1): [Sample(str(tmp_path / d / f"{i}.png"), lb) for i, lb in enumerate(labels)]  # noqa: E731
+    digest = samples_sha256(files("a"))
+    assert samples_sha256(files("b")) == digest
+    assert samples_sha256(files("a", (1, 0))) != digest  # labels
+    assert samples_sha256(files("a")[::-1]) != digest  # order
+    (tmp_path / "b" / "1.png").write_bytes(b"\x02" * 10)
+    assert samples_sha256(files("b")) != digest  # contents
+    arrays = [Sample(np.zeros((2, 2), np.uint8), 0)]
+    assert samples_sha256(arrays) != samples_sha256([Sample(np.zeros((2, 3), np.uint8), 0)])  # shape counts
+    assert samples_sha256([Sample(b"\x00" * 10, 0), Sample(b"\x01" * 10, 1)]) == digest  # encoded bytes = file bytes

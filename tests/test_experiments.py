@@ -293,6 +293,7 @@ def test_transfer_targets_are_added_without_tuning_again(tiny_clip_dir, tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["targets"].keys() == {"digits", "pets"}
     bits = summary["correct"]["targets"]["pets"]  # an added target keeps its per-image correctness too
+    assert summary["test_sha256"]["targets"].keys() == {"digits", "pets"}  # and the digest of its test images
     assert len(bits) == 2 and summary["targets"]["pets"] == 100.0 * bits.count("1") / 2  # its test split: 2 of the 6 images
     assert "| CoOp |" in out and "| Method | digits (source) | digits | pets | Average |" in out
 

@@ -132,3 +132,18 @@ def test_cli_flags_and_fig3a_end_to_end(tiny_clip_dir, tmp_path, capsys):
         with Image.open(png) as img:
             assert img.format == "PNG" and img.width > 100 and img.height > 100
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_run_records_the_digest_of_the_test_images_it_was_scored_on(backbone, digits):
+    from gramprompt.data.dataset import samples_sha256
+    from gramprompt.data.splits import few_shot
+
+    base, new = base_new_split(digits)
+    for cap in (4, None):
+        s = base_to_new(backbone, digits, dataclasses.replace(_cfg("coop"), max_test_per_class=cap))
+        for name, split in (("base", base), ("new", new)):
+            tested = split.test if cap is None else few_shot(split.test, cap, 0, allow_fewer=True,
+                                                             classnames=split.classnames)
+            assert len(s["correct"][name]) == len(tested)
+            assert s["test_sha256"][name] == samples_sha256(tested)
+    assert s["test_sha256"]["base"] != s["test_sha256"]["new"]

@@ -292,3 +292,24 @@ def test_transfer_significance_source_and_target_average_per_hierarchy():
     old = [{k: v for k, v in r.items() if k != "correct"} for r in runs]
     row = _sig_rows(transfer_significance_table(old, [("gram", "GRAM", "coop", "CoOp")], "src", ["T1", "T2"]))["GRAM"]
     assert row[2:] == ["–", "–", "–", "n/a"]
+
+
+def test_runs_on_other_test_images_are_not_paired():
+    # Same lengths, so only the recorded digest of the test images tells the splits apart; runs from before
+    # the digest (none recorded) still pair.
+    def runs(digest_b):
+        out = []
+        for s in (1, 2):
+            out.append(_bits(_hier("A", "coop", s, None, 0, 0, test_sha256={"base": "x", "new": "y"}), "1100", "10"))
+            gram = _hier("A", "gram", s, None, 0, 0) if digest_b is None else \
+                _hier("A", "gram", s, None, 0, 0, test_sha256={"base": digest_b, "new": "y"})
+            out.append(_bits(gram, "1111", "11"))
+        return out
+
+    comparison = [("gram", "GRAM", "coop", "CoOp")]
+    other = significance_table(runs("z"), comparison, ["A"], replicates=50)
+    assert _sig_rows(other)["GRAM"][2:5] == ["+50.00 [–]"] * 3  # the means differ; no interval
+    assert "A/base: the runs were evaluated on different test images (test_sha256 differs)" in other
+    for digest in ("x", None):
+        same = significance_table(runs(digest), comparison, ["A"], replicates=50)
+        assert "Not tested" not in same and _sig_rows(same)["GRAM"][2].startswith("+50.00 [")

@@ -1,6 +1,9 @@
 """The one in-memory form every classification dataset is loaded into."""
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +38,25 @@ class ClassificationDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+
+def samples_sha256(samples: Sequence[Sample]) -> str:
+    """A digest of which images, with which labels, in which order: file contents (not paths, which differ
+    between machines), array or encoded bytes. Runs record it for their test images, so runs evaluated on
+    other images (a changed split or loader) are not paired in significance tests."""
+    h = hashlib.sha256(f"{len(samples)} samples".encode())
+    for sample in samples:
+        source = sample.source
+        if isinstance(source, np.ndarray):
+            data = f"array {source.shape} {source.dtype}".encode() + np.ascontiguousarray(source).tobytes()
+        elif isinstance(source, bytes):
+            data = source
+        else:
+            with open(os.fspath(source), "rb") as f:
+                data = f.read()
+        h.update(hashlib.sha256(data).digest())
+        h.update(f"|{sample.label}|".encode())
+    return h.hexdigest()
 
 
 def require_two_classes(dataset: ClassificationDataset, source: str | None = None) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..backbones.base import Backbone
-from ..data.dataset import ClassificationDataset
+from ..data.dataset import ClassificationDataset, samples_sha256
 from ..data.splits import base_new_split, few_shot
 from ..errors import GramError
 from ..prompts import PromptConfig, PromptMethod, build_method, template_for
@@ -140,6 +140,11 @@ def _test(dataset: ClassificationDataset, cfg: FewShotConfig) -> list:
     return few_shot(dataset.test, cfg.max_test_per_class, 0, allow_fewer=True, classnames=dataset.classnames)
 
 
+def sha256_of_test(dataset: ClassificationDataset, cfg: FewShotConfig) -> str:
+    """The digest (:func:`~gramprompt.data.dataset.samples_sha256`) of the test images a run is evaluated on."""
+    return samples_sha256(_test(dataset, cfg))
+
+
 def _summary(backbone: Backbone, dataset: ClassificationDataset, cfg: FewShotConfig, protocol: str) -> dict:
     label = cfg.label or (f"{cfg.method}+init" if cfg.init else cfg.method)
     out = {"protocol": protocol, "dataset": dataset.name, "method": cfg.method, "label": label,
@@ -225,6 +230,7 @@ def _base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[
 
     method, tuned = _tune(backbone, base, cfgs, runs, cache, "base",
                           [epoch_logger(r) if per_epoch else None for r in runs], together)
+    tested = {"base": sha256_of_test(base, cfg), "new": sha256_of_test(new, cfg)}
 
     def summarize(c: FewShotConfig, params: dict[str, Tensor], n_train: int) -> dict:
         ok_base, ok_new = corrects(method, params)
@@ -233,7 +239,7 @@ def _base_to_new(backbone: Backbone, dataset: ClassificationDataset, cfgs: list[
         return {**_summary(backbone, dataset, c, "base2new"), "base": acc_base, "new": acc_new,
                 "h": harmonic_mean(acc_base, acc_new), "train_images": n_train,
                 "base_classes": base.num_classes, "new_classes": new.num_classes,
-                "correct": {"base": correct_bits(ok_base), "new": correct_bits(ok_new)}}
+                "correct": {"base": correct_bits(ok_base), "new": correct_bits(ok_new)}, "test_sha256": tested}
 
     return _finish(cfgs, runs, tuned, start, summarize)
 
@@ -274,6 +280,7 @@ def _transfer(backbone: Backbone, source: ClassificationDataset, targets: list[C
 
     method, tuned = _tune(backbone, source, cfgs, runs, cache, "all",
                           [epoch_logger(r) if per_epoch else None for r in runs], together)
+    tested = {"source": sha256_of_test(source, cfg), "targets": {t.name: sha256_of_test(t, cfg) for t in targets}}
 
     def summarize(c: FewShotConfig, params: dict[str, Tensor], n_train: int) -> dict:
         ok_source, ok_targets = corrects(method, params)
@@ -281,7 +288,8 @@ def _transfer(backbone: Backbone, source: ClassificationDataset, targets: list[C
                 "targets": {name: accuracy_of(ok) for name, ok in ok_targets.items()},
                 "train_images": n_train,
                 "correct": {"source": correct_bits(ok_source),
-                            "targets": {name: correct_bits(ok) for name, ok in ok_targets.items()}}}
+                            "targets": {name: correct_bits(ok) for name, ok in ok_targets.items()}},
+                "test_sha256": tested}
 
     return _finish(cfgs, runs, tuned, start, summarize)
 

@@ -234,12 +234,18 @@ def transfer_parts(targets: Sequence[str]) -> tuple[tuple[str, ...], ...]:
     return (("source",), *(("targets", t) for t in targets))
 
 
+def _at(summary: dict, record: str, part: tuple[str, ...]):
+    """``summary[record][part[0]][part[1]]...``, or None where a level is missing."""
+    value = summary.get(record) or {}
+    for key in part:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def _bits(summary: dict, part: tuple[str, ...]) -> np.ndarray | None:
     """A run's per-image correctness at ``part`` of its ``correct`` record (e.g. ("base",) or ("targets",
     "digits")) as a bool array; None if the summary predates it."""
-    bits = summary.get("correct") or {}
-    for key in part:
-        bits = bits.get(key) if isinstance(bits, dict) else None
+    bits = _at(summary, "correct", part)
     if not isinstance(bits, str) or not bits:
         return None
     codes = np.frombuffer(bits.encode("ascii", "replace"), dtype=np.uint8)
@@ -295,6 +301,12 @@ def _pair_cells(runs: Sequence[dict], a: str, b: str, datasets: Sequence[str], k
         seeds[ds] = sorted(set.intersection(*sets))
         if not seeds[ds]:
             return f"no seed of {ds} has runs of both rows"
+    for ds in datasets:  # runs evaluated on other test images (a changed split or loader) cannot be paired
+        paired = [s for lb in (a, b) for s in groups[lb][ds] if hierarchy(s) in hs[lb] and s.get("seed") in seeds[ds]]
+        for part in parts:
+            digests = {_at(s, "test_sha256", part) for s in paired} - {None}
+            if len(digests) > 1:
+                return f"{ds}/{'/'.join(part)}: the runs were evaluated on different test images (test_sha256 differs)"
     cells = [_row_cells(runs, lb, datasets, seeds, hs[lb], parts) for lb in (a, b)]
     for c in cells:
         if isinstance(c, str):

@@ -26,7 +26,7 @@ from ..data.registry import load_dataset, spec_name
 from ..eval.evaluate import correct_bits
 from ..eval.metrics import accuracy_of
 from ..eval.protocols import (OWN, FewShotConfig, base_to_new, base_to_new_many, check_classnames, run_config,
-                              target_correctness, transfer, transfer_many)
+                              target_correctness, sha256_of_test, transfer, transfer_many)
 from ..runs import CONFIG, RunDir, is_finished, read_summary
 from ..chc.config import CHCConfig
 from ..meta.regulator import FORM_BEFORE_FORMS
@@ -347,6 +347,8 @@ class Worker:
             summary["targets"][name] = accuracy_of(ok)
             if "correct" in summary:  # runs from before per-image correctness keep none: a part would mislead
                 summary["correct"]["targets"][name] = correct_bits(ok)
+            if "test_sha256" in summary:  # likewise for the digest of the test images
+                summary["test_sha256"]["targets"][name] = sha256_of_test(self.dataset(spec), fs)
             run.write_summary(summary)  # after each target: a kill loses at most one
         return summary
 
