@@ -235,3 +235,16 @@ def test_fewshot_from_a_gram_checkpoint_regulates_every_update(tiny_clip_dir, tm
     plain = prompts("half", "plain", "--no-regulator")
     torch.testing.assert_close(prompts("id", "identity"), plain)  # identity R_phi == plain SGD
     assert not torch.allclose(prompts("half", "halved"), plain, atol=1e-6)
+
+
+def test_lr_scale_flag_is_recorded_only_when_set_and_checked(tiny_clip_dir, tmp_path, capsys):
+    assert _fewshot(tiny_clip_dir, tmp_path / "plain", method="joint") == 0
+    assert "lr_scale" not in yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())["tune"]
+    assert _fewshot(tiny_clip_dir, tmp_path / "scaled", "--lr-scale", "visual=0.3", method="joint") == 0
+    assert yaml.safe_load((tmp_path / "scaled" / "config.yaml").read_text())["tune"]["lr_scale"] == {"visual": 0.3}
+    capsys.readouterr()
+    assert _fewshot(tiny_clip_dir, tmp_path / "coop", "--lr-scale", "visual=0.3") == 2
+    assert "which coop does not have" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _fewshot(tiny_clip_dir, tmp_path / "bad", "--lr-scale", "visual", method="joint")
+    assert "expected GROUP=X" in capsys.readouterr().err

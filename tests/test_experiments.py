@@ -106,6 +106,20 @@ def test_extends_env_and_overrides(tmp_path, monkeypatch):
     assert [r.label for r in exp.rows] == ["zs"] and exp.rows[0].title == "zs"
 
 
+def test_a_rows_fewshot_settings_merge_into_the_experiments_for_that_row_only(tmp_path):
+    cfg = _write(tmp_path / "x.yaml", {
+        "backbone": "default", "root": str(tmp_path), "protocol": "base2new", "datasets": ["digits"],
+        "fewshot": {"tune": {"epochs": 3, "lr": 0.1}},
+        "rows": [{"label": "joint", "method": "joint"},
+                 {"label": "joint-v03", "method": "joint", "fewshot": {"tune": {"lr_scale": {"visual": 0.3}, "lr": 0.2}}}]})
+    exp = load_experiment(cfg)
+    plain, scaled = (exp.fewshot_config(row, 1) for row in exp.rows)
+    assert (plain.tune.epochs, plain.tune.lr, plain.tune.lr_scale) == (3, 0.1, {})
+    assert (scaled.tune.epochs, scaled.tune.lr, scaled.tune.lr_scale) == (3, 0.2, {"visual": 0.3})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_experiment(cfg, ["rows=[{label: a, method: joint, fewshot: {tune: {lr_scal: {visual: 1}}}}]"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("fewshot.tune.epoch=3", "unknown key"),
     ("rows=[{label: a, method: coop, variant: nope}]", "variant 'nope'"),

@@ -3,6 +3,7 @@ the same parameters, records and callbacks per run (bit for bit when runs are st
 float32 rounding when CoOp-like runs share one text-encoder forward), and a failing run that stops alone."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -85,13 +86,15 @@ def _together(method, specs: list[RunSpec], cfg: TuneConfig = CFG, **kw):
     return train_many(method, with_logs, NAMES, cfg, cache=FeatureCache(method.backbone), **kw), records, epochs
 
 
-@pytest.mark.parametrize("name", ["coop", "vpt", "cocoop", "joint"])
-def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, name):
+@pytest.mark.parametrize("name,lr_scale", [("coop", {}), ("vpt", {}), ("cocoop", {}), ("joint", {}),
+                                           ("joint", {"visual": 0.3, "text": 2.0})])
+def test_runs_stepped_one_by_one_equal_train_prompts_bit_for_bit(backbone, gen, name, lr_scale):
     method = build_method(name, backbone)
     specs = _specs(method, gen)
-    outs, records, epochs = _together(method, specs, stack=False)
+    cfg = dataclasses.replace(CFG, lr_scale=lr_scale)
+    outs, records, epochs = _together(method, specs, cfg, stack=False)
     for spec, out, rec, ep in zip(specs, outs, records, epochs):
-        ref, ref_rec, ref_ep = _alone(method, spec)
+        ref, ref_rec, ref_ep = _alone(method, spec, cfg)
         assert out.keys() == ref.keys() and all(torch.equal(out[k], ref[k]) for k in ref)
         assert rec == ref_rec and [e for e, _ in ep] == [e for e, _ in ref_ep] == [1, 2]
         assert all(torch.equal(p[k], q[k]) for (_, p), (_, q) in zip(ep, ref_ep) for k in p)

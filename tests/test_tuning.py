@@ -145,3 +145,29 @@ def test_each_epoch_logs_the_drift_from_init_without_changing_training(backbone,
         math.sqrt(sum(((out[k].double() - init[k].double()) ** 2).sum().item() for k in init)), rel=1e-5)
     quiet = train_prompts(vpt, init, _samples(), NAMES, cfg, seed=1)  # no log, no hook: bit-identical
     assert all(torch.equal(quiet[k], out[k]) for k in out)
+
+
+def test_lr_scale_scales_one_groups_update_and_zero_freezes_it(backbone, gen):
+    """One full-batch step without momentum history is -lr * scale * (g + wd * theta): the visual update of joint
+    tuning is exactly `scale` times the unscaled one (to fp32 rounding), and the text update is unchanged."""
+    joint = build_method("joint", backbone)
+    init = joint.init_params(gen)
+    samples = _samples()
+    base = dict(epochs=1, warmup_epochs=0, lr=0.5, batch_size=len(samples), feature_views=0)
+    plain = train_prompts(joint, init, samples, NAMES, TuneConfig(**base), seed=3)
+    scaled = train_prompts(joint, init, samples, NAMES, TuneConfig(**base, lr_scale={"visual": 0.25}), seed=3)
+    frozen = train_prompts(joint, init, samples, NAMES, TuneConfig(**base, lr_scale={"visual": 0.0}), seed=3)
+    step = plain["visual_ctx"] - init["visual_ctx"]
+    assert float(step.abs().max()) > 0
+    torch.testing.assert_close(scaled["visual_ctx"] - init["visual_ctx"], 0.25 * step, rtol=1e-4, atol=1e-7)
+    assert torch.equal(frozen["visual_ctx"], init["visual_ctx"])
+    assert torch.equal(scaled["text_ctx"], plain["text_ctx"]) and torch.equal(frozen["text_ctx"], plain["text_ctx"])
+
+
+def test_lr_scale_of_a_group_the_method_lacks_or_a_bad_value_is_refused(backbone, gen):
+    coop = build_method("coop", backbone)
+    with pytest.raises(ValueError, match=r"lr_scale names \['visual'\], which coop does not have.*\['text'\]"):
+        train_prompts(coop, coop.init_params(gen), _samples(), NAMES, TuneConfig(lr_scale={"visual": 0.5}), seed=1)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="lr_scale values must be finite and >= 0"):
+            TuneConfig(lr_scale={"visual": bad})

@@ -56,6 +56,8 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
                    help="use all images of a class with fewer than --shots (default: error)")
     p.add_argument("--epochs", type=int, default=d_tune.epochs)
     p.add_argument("--lr", type=float, default=d_tune.lr)
+    p.add_argument("--lr-scale", action="append", default=[], metavar="GROUP=X", type=_lr_scale,
+                   help="multiply the lr of one parameter group (text, visual, meta_net), e.g. visual=0.3 (repeatable)")
     p.add_argument("--batch-size", type=int, default=d_tune.batch_size)
     p.add_argument("--feature-views", type=int, default=d_tune.feature_views,
                    help="augmented views per training image cached for text-only methods (0: no augmentation)")
@@ -73,7 +75,18 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
         max_test_per_class=a.max_test_per_class, init_seed=a.init_seed, eval_every_epoch=a.eval_every_epoch,
         prompt=PromptConfig(text_tokens=text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth),
-        tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views))
+        tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views,
+                        lr_scale=dict(a.lr_scale)))
+
+
+def _lr_scale(text: str) -> tuple[str, float]:
+    group, sep, value = text.partition("=")
+    try:
+        if sep and group.strip():
+            return group.strip(), float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected GROUP=X (e.g. visual=0.3), got {text!r}")
 
 
 def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:

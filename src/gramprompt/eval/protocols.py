@@ -314,13 +314,15 @@ def _for_target(method: PromptMethod, target: ClassificationDataset) -> PromptMe
 def run_config(backbone_name: str, datasets: list[str], cfg: FewShotConfig, protocol: str) -> dict:
     """The resolved config written to a run folder's ``config.yaml``.
 
-    ``init_seed`` and ``eval_every_epoch`` appear only when set, so the configs of ordinary runs (which
-    the demo compares to decide what to reuse) stay exactly as they were."""
+    ``init_seed``, ``eval_every_epoch`` and ``tune.lr_scale`` appear only when set, so the configs of ordinary
+    runs (which the demo compares to decide what to reuse) stay exactly as they were."""
     fields = asdict(cfg)
     if cfg.init_seed is None:
         del fields["init_seed"]
     if not cfg.eval_every_epoch:
         del fields["eval_every_epoch"]
+    if not cfg.tune.lr_scale:
+        del fields["tune"]["lr_scale"]
     return {"protocol": protocol, "backbone": backbone_name, "datasets": datasets, **fields}
 
 

@@ -198,6 +198,8 @@ class Row:
     init_seed: int | None = None  # seed of a fresh random initialization (None: the run's seed)
     init: str | None = None  # start from this prompts file (e.g. a checkpoint made elsewhere)
     compare: tuple[str, ...] = ()  # labels of the rows this one is tested against (paired H difference, 95% interval)
+    fewshot: dict = field(default_factory=dict)  # this row's changes to the experiment's fewshot settings, e.g.
+    # {tune: {lr_scale: {visual: 0.3}}}; merged into them key by key
 
     def __post_init__(self) -> None:
         if not self.title:
@@ -372,7 +374,7 @@ class Experiment:
         return build(MetaConfig, merged, "meta")
 
     def fewshot_config(self, row: Row, seed: int, init: str | None = None) -> FewShotConfig:
-        shared = dict(self.fewshot)
+        shared = _merge(self.fewshot, row.fewshot)
         for key in ("method", "label", "shots", "seed", "init", "regulator", "prompt", "init_seed"):
             if key in shared:
                 raise ConfigError(f"fewshot.{key} is set per row or per experiment, not under 'fewshot'")

@@ -7,7 +7,7 @@ warm-up epoch at a constant 1e-5.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -24,12 +24,18 @@ class TuneConfig:
     # views == epochs reproduces per-epoch augmentation exactly; 0 disables augmentation.
     feature_views: int = 4
     eval_batch_size: int = 64
+    # A learning-rate multiplier per parameter group of the method (its ``groups``: "text", "visual",
+    # "meta_net"), e.g. {"visual": 0.3} for joint tuning (0 freezes the group); a group not named here trains at lr.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
         if self.feature_views < 0 or self.warmup_epochs < 0:
             raise ValueError("feature_views and warmup_epochs must be >= 0")
+        bad = {k: v for k, v in self.lr_scale.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"lr_scale values must be finite and >= 0, got {bad}")
 
 
 def lr_at_epoch(cfg: TuneConfig, epoch: int) -> float:

@@ -37,7 +37,7 @@ from ..prompts.coop import coop_like
 from ..prompts.vpt import vpt_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
-from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift
+from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift, set_lr, sgd
 
 CTX, VIS = "text_ctx", "visual_ctx"
 
@@ -69,8 +69,7 @@ class _Run:
         else:
             self.views = _cached_views(method, spec.samples, cfg, spec.seed, cache, spec.cache_key, self.kind)
             self.labels = self.views[0][1].cpu()
-        self.opt = torch.optim.SGD(list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
+        self.opt = sgd(method, self.params, cfg)
         self.order_gen, self.aug_gen = _seeded(spec.seed, -1), _seeded(spec.seed, -2)
         self.error: Exception | None = None
         self.steps_done = self.steps_skipped = 0
@@ -80,8 +79,7 @@ class _Run:
         return len(self.labels)
 
     def start_epoch(self, lr: float) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        set_lr(self.opt, lr)
         self.perm = torch.randperm(self.n, generator=self.order_gen)
         self.steps = range(0, self.n, self.cfg.batch_size)
         self.total_loss, self.correct, self.skipped = 0.0, 0, 0

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Sample
 from ..data.images import ImageLoadError, load_image
-from ..errors import NonFiniteError
+from ..errors import GramError, NonFiniteError
 from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
 from .config import TuneConfig, lr_at_epoch
@@ -70,6 +70,27 @@ def _decoded_images(samples: Sequence[Sample]) -> tuple[list, Tensor]:
     return images, torch.tensor(labels)
 
 
+def sgd(method: PromptMethod, params: Params, cfg: TuneConfig) -> torch.optim.SGD:
+    """SGD over ``params`` with one param group per group of the method, so that ``cfg.lr_scale`` scales
+    each group's rate (:func:`set_lr`); the same updates as one group when nothing is scaled."""
+    groups = set(method.groups.values())
+    unknown = sorted(set(cfg.lr_scale) - groups)
+    if unknown:
+        raise GramError(f"lr_scale names {unknown}, which {method.name} does not have; its parameter groups: "
+                        f"{sorted(groups)}")
+    grouped: dict[str, list[Tensor]] = {}
+    for name, p in params.items():
+        grouped.setdefault(method.groups.get(name, name), []).append(p)
+    return torch.optim.SGD([{"params": ps, "scale": cfg.lr_scale.get(g, 1.0)} for g, ps in grouped.items()],
+                           lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The epoch's rate, times each group's scale (:func:`sgd`)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group["scale"]
+
+
 def drift(params: Params, start: Params) -> float:
     """L2 distance of all parameters from ``start``, over every tensor together: how far tuning has moved
     the prompts (from GRAM's theta*, or a fresh init), logged per epoch so a regulator R_phi* whose bias
@@ -105,14 +126,13 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     else:
         views = _cached_views(method, samples, cfg, seed, cache, cache_key, kind)
         labels = views[0][1].cpu()
-    opt = torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = sgd(method, params, cfg)
     order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
     n = len(labels)
     steps_done, steps_skipped = 0, 0
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         perm = torch.randperm(n, generator=order_gen)
         total_loss, correct, skipped = 0.0, 0, 0
         steps = range(0, n, cfg.batch_size)
