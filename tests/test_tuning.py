@@ -149,7 +149,8 @@ def test_each_epoch_logs_the_drift_from_init_without_changing_training(backbone,
 
 def test_lr_scale_scales_one_groups_update_and_zero_freezes_it(backbone, gen):
     """One full-batch step without momentum history is -lr * scale * (g + wd * theta): the visual update of joint
-    tuning is exactly `scale` times the unscaled one (to fp32 rounding), and the text update is unchanged."""
+    tuning is exactly `scale` times the unscaled one, and the text update is unchanged. The two runs' gradients are
+    bit for bit the same (same forward, one step), so only the update's few float32 operations differ."""
     joint = build_method("joint", backbone)
     init = joint.init_params(gen)
     samples = _samples()
@@ -159,7 +160,9 @@ def test_lr_scale_scales_one_groups_update_and_zero_freezes_it(backbone, gen):
     frozen = train_prompts(joint, init, samples, NAMES, TuneConfig(**base, lr_scale={"visual": 0.0}), seed=3)
     step = plain["visual_ctx"] - init["visual_ctx"]
     assert float(step.abs().max()) > 0
-    torch.testing.assert_close(scaled["visual_ctx"] - init["visual_ctx"], 0.25 * step, rtol=1e-4, atol=1e-7)
+    # rounding of: lr * scale, g + wd * theta, the product, theta - update, and the subtraction of theta here
+    assert_fp32_close(scaled["visual_ctx"] - init["visual_ctx"], 0.25 * step, terms=1, depth=5,
+                      scale=float(init["visual_ctx"].abs().max() + step.abs().max()))
     assert torch.equal(frozen["visual_ctx"], init["visual_ctx"])
     assert torch.equal(scaled["text_ctx"], plain["text_ctx"]) and torch.equal(frozen["text_ctx"], plain["text_ctx"])
 

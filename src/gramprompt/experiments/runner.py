@@ -237,6 +237,7 @@ class Worker:
         # on disk under the root: the worker processes (and later configs under the root) share image features
         self.cache = FeatureCache(self.backbone, folder=Path(exp.root) / "features")
         self._datasets: dict = {}
+        self._digests: dict = {}  # (dataset spec, test cap) -> digest of its test images, read once per worker
 
     def dataset(self, spec: str):
         if spec not in self._datasets:
@@ -348,7 +349,10 @@ class Worker:
             if "correct" in summary:  # runs from before per-image correctness keep none: a part would mislead
                 summary["correct"]["targets"][name] = correct_bits(ok)
             if "test_sha256" in summary:  # likewise for the digest of the test images
-                summary["test_sha256"]["targets"][name] = sha256_of_test(self.dataset(spec), fs)
+                key = (spec, fs.max_test_per_class)
+                if key not in self._digests:
+                    self._digests[key] = sha256_of_test(self.dataset(spec), fs)
+                summary["test_sha256"]["targets"][name] = self._digests[key]
             run.write_summary(summary)  # after each target: a kill loses at most one
         return summary
 
