@@ -239,6 +239,11 @@ def test_fig3a_cli_png_and_the_missing_records_message(epoch_runs, b2n_runs, tmp
     out = tmp_path / "fig3a.png"
     assert main(["figure", "fig3a", str(epoch_runs), "--out", str(out)]) == 0
     _assert_png(out)
+    # the points behind the figure, printed: coop's epoch 1 is Base (51 + 40) / 2, New (41 + 20) / 2
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| epoch | coop Base | New | H | coop+gram Base | New | H |"
+    h = 2 * 45.5 * 30.5 / (45.5 + 30.5)
+    assert table[2].startswith(f"| 1 | 45.50 | 30.50 | {h:.2f} | ") and table[4].startswith("| 3 | 59.50 | ")
     # runs without per-epoch records: an error saying how to get them, one line
     assert main(["figure", "fig3a", str(b2n_runs), "--out", str(tmp_path / "no.png")]) == 2
     err = capsys.readouterr().err.strip()

@@ -146,7 +146,9 @@ def cmd_figure(a: argparse.Namespace) -> int:
         fig = figures.fig1a(figures.base2new_summaries(a.dirs), metric=a.metric, highlight=a.highlight,
                             only=a.only, title=a.title)
     elif a.figure == "fig3a":
-        fig = figures.fig3a(figures.epoch_runs(a.dirs), only=a.only, title=a.title)
+        runs = figures.epoch_runs(a.dirs)
+        fig = figures.fig3a(runs, only=a.only, title=a.title)
+        print(figures.epoch_table(figures.fig3a_data(runs, a.only)))
     else:
         series = figures.alignment_series(a.dirs, a.labels)
         fig = figures.fig3b(series, smooth=a.smooth, title=a.title)

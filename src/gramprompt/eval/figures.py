@@ -331,6 +331,17 @@ def fig3a_data(runs: Sequence[EpochRun], only: Sequence[str] | None = None) -> l
     return curves
 
 
+def epoch_table(curves: Sequence[Curve]) -> str:
+    """Markdown: the figure's points, one row per epoch, Base / New / H of every label (H of the two means, as
+    Table 1's averages), so that what a text says about the curves comes from a command."""
+    header = "| epoch | " + " | ".join(f"{c.label} Base | New | H" for c in curves) + " |"
+    lines = [header, "|---|" + "---|---|---|" * len(curves)]
+    for i, epoch in enumerate(curves[0].epochs if curves else ()):
+        cells = [f"{c.base[i]:.2f} | {c.new[i]:.2f} | {harmonic_mean(c.base[i], c.new[i]):.2f}" for c in curves]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def fig3a(runs: Sequence[EpochRun], only: Sequence[str] | None = None, title: str | None = None) -> Figure:
     """Test accuracy per epoch: one colour per label, base solid, new dashed."""
     curves = fig3a_data(runs, only)
