@@ -448,15 +448,16 @@ def batches(exp: Experiment, jobs: list[Job], max_runs: int = MAX_BATCH_RUNS) ->
 
 def longest_first(exp: Experiment, units: list) -> list:
     """Meta-training jobs or batches of runs with the costly ones first, so that on parallel workers a long one does
-    not start last and leave the others idle: visual-prompt methods (their image tower runs at every step) before
-    text-only ones, then bigger batches; otherwise in plan order."""
+    not start last and leave the others idle: visual-prompt methods (their image tower runs at every step) and CoCoOp
+    (B x C text sequences per batch, in training and at every evaluation, transfer targets included) before the
+    others, then bigger batches; otherwise in plan order."""
     def cost(unit) -> tuple[bool, int]:
         jobs = unit if isinstance(unit, list) else [unit]
         job = jobs[0]
         if job.kind == "chc":  # no prompt method: they run in the calling process anyway
             return False, len(jobs)
         method = exp.variants[job.variant].method if job.kind == "meta" else job.row.method
-        return METHODS[method].uses_pixels, len(jobs)
+        return METHODS[method].uses_pixels or METHODS[method].text_per_image, len(jobs)
 
     return sorted(units, key=cost, reverse=True)
 
