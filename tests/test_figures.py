@@ -228,7 +228,7 @@ def test_fig3a_refuses_what_would_not_compare(epoch_runs, tmp_path):
 
 
 def test_fig3a_lines_solid_base_dashed_new(epoch_runs):
-    fig = figures.fig3a(figures.epoch_runs([epoch_runs]))
+    fig = figures.fig3a(figures.fig3a_data(figures.epoch_runs([epoch_runs])))
     lines = fig.axes[0].get_lines()
     assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
     assert list(lines[0].get_ydata()) == pytest.approx([45.5, 52.5, 59.5])

@@ -146,9 +146,9 @@ def cmd_figure(a: argparse.Namespace) -> int:
         fig = figures.fig1a(figures.base2new_summaries(a.dirs), metric=a.metric, highlight=a.highlight,
                             only=a.only, title=a.title)
     elif a.figure == "fig3a":
-        runs = figures.epoch_runs(a.dirs)
-        fig = figures.fig3a(runs, only=a.only, title=a.title)
-        print(figures.epoch_table(figures.fig3a_data(runs, a.only)))
+        curves = figures.fig3a_data(figures.epoch_runs(a.dirs), a.only)
+        fig = figures.fig3a(curves, title=a.title)
+        print(figures.epoch_table(curves))
     else:
         series = figures.alignment_series(a.dirs, a.labels)
         fig = figures.fig3b(series, smooth=a.smooth, title=a.title)
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text, dirs_help in (
             ("fig1a", "accuracy across prompt initializations (one label per initialization, e.g. --init-seed "
                       "or --text-init runs, vs GRAM's theta*)", "finished base-to-new runs (searched recursively)"),
-            ("fig3a", "test accuracy per epoch, base (solid) and new (dashed), per label",
+            ("fig3a", "test accuracy per epoch, base (solid) and new (dashed), per label; prints the points",
              "base-to-new runs tuned with --eval-every-epoch (searched recursively)"),
             ("fig3b", "normalized support-query gradient inner product during meta-training",
              "gram meta-train run folders, one line each (folders given one --labels name: their mean)")):

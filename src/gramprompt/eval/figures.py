@@ -342,9 +342,8 @@ def epoch_table(curves: Sequence[Curve]) -> str:
     return "\n".join(lines)
 
 
-def fig3a(runs: Sequence[EpochRun], only: Sequence[str] | None = None, title: str | None = None) -> Figure:
-    """Test accuracy per epoch: one colour per label, base solid, new dashed."""
-    curves = fig3a_data(runs, only)
+def fig3a(curves: Sequence[Curve], title: str | None = None) -> Figure:
+    """Test accuracy per epoch (:func:`fig3a_data`'s curves): one colour per label, base solid, new dashed."""
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     for i, c in enumerate(curves):
