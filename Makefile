@@ -9,6 +9,9 @@ STAMP = .cache/setup.stamp
 DEBIAN_PACKAGES = openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data dataset-fashion-mnist \
 	fonts-symbola ruby-gemojione fonts-noto-core tuxpaint-stamps-default
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# the large meta-training corpus: the Iconify icon sets (npm; see docs/DATA.md), pinned
+ICONIFY = @iconify/json@2.2.553
+ICONIFY_DIR = .cache/npm/node_modules/@iconify/json
 
 .PHONY: setup demo test bench clean
 
@@ -17,6 +20,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); }
+	command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm; }
+	[ -f $(ICONIFY_DIR)/collections.json ] || npm install -q --prefix .cache/npm --no-audit --no-fund $(ICONIFY)
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[test]"
 	# only the CLIP BPE vocabulary file of open_clip_torch is used (its code would pull torchvision);

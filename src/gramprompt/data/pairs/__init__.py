@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from gramprompt.data.dataset import DatasetError
 from gramprompt.data.pairs.base import (
+    ConcatPairSource,
     ImageTextPair,
     ListPairSource,
     PairScan,
@@ -30,12 +31,23 @@ PAIR_SOURCES: dict[str, Callable[[], list[ImageTextPair]]] = {
 PAIR_SPECS = (
     "openclipart | noto-emoji (NAME:N: an evenly spaced subset of N pairs) | folder:PATH (a "
     "captions.jsonl/.csv/.parquet file with columns path, caption[, key], or a folder holding one) | "
-    "wds:GLOB (WebDataset .tar shards; {000..009} ranges allowed)"
+    "wds:GLOB (WebDataset .tar shards; {000..009} ranges allowed) | iconify[:N][?key=value&...] (the Iconify "
+    "icon sets, see docs/DATA.md) | A+B (one source after another, e.g. openclipart+iconify:50000)"
 )
+
+
+_KINDS = {*PAIR_SOURCES, "folder", "wds", "iconify"}  # what may stand on either side of "+" (paths may hold "+")
 
 
 def open_pair_source(spec: str, shard_size: int = 1000) -> PairSource:
     """The source a spec names; ``shard_size`` applies to listed sources (one tar = one shard)."""
+    parts = spec.split("+")
+    if len(parts) > 1 and all(p.partition(":")[0].partition("?")[0] in _KINDS for p in parts):
+        return ConcatPairSource(spec, [open_pair_source(part, shard_size) for part in parts])
+    if spec.startswith("iconify"):
+        from gramprompt.data.pairs.iconify_source import IconifyPairSource
+
+        return IconifyPairSource(spec, shard_size)
     if spec in PAIR_SOURCES:
         return ListPairSource(spec, PAIR_SOURCES[spec](), shard_size)
     kind, sep, arg = spec.partition(":")
@@ -53,7 +65,7 @@ def open_pair_source(spec: str, shard_size: int = 1000) -> PairSource:
 
 
 __all__ = [
-    "FOLDER_COUNT_KEYS", "PAIR_SOURCES", "PAIR_SPECS", "WDS_COUNT_KEYS", "FolderPairSource",
+    "FOLDER_COUNT_KEYS", "PAIR_SOURCES", "PAIR_SPECS", "WDS_COUNT_KEYS", "ConcatPairSource", "FolderPairSource",
     "ImageTextPair", "ListPairSource", "PairScan", "PairShard", "PairSource",
     "WebDatasetPairSource", "clean_caption", "load_pair_image", "expand_braces", "noto_emoji_pairs",
     "open_pair_source", "openclipart_pairs", "scan_noto_emoji", "scan_openclipart",

@@ -98,6 +98,30 @@ class ListPairSource:
         return PairShard(index, pairs, dict(counts))
 
 
+class ConcatPairSource:
+    """Several sources one after the other (``openclipart+iconify:N``): their shards, in order."""
+
+    def __init__(self, name: str, sources: Sequence[PairSource]):
+        self.name = name
+        self.sources = list(sources)
+        self._starts = [0]
+        for source in self.sources:
+            self._starts.append(self._starts[-1] + source.num_shards())
+
+    def num_shards(self) -> int:
+        return self._starts[-1]
+
+    def read_shard(self, index: int) -> PairShard:
+        if not 0 <= index < self.num_shards():
+            raise IndexError(f"{self.name}: shard {index} out of range 0..{self.num_shards() - 1}")
+        part = max(i for i, start in enumerate(self._starts[:-1]) if start <= index)
+        shard = self.sources[part].read_shard(index - self._starts[part])
+        return PairShard(index, shard.pairs, shard.counts)
+
+    def report(self) -> dict[str, Any]:
+        return {s.name: s.report() for s in self.sources if hasattr(s, "report")}
+
+
 def clean_caption(raw: object) -> tuple[str | None, str]:
     """``(caption, "")`` for a usable caption, else ``(None, reason)``.
 
