@@ -360,3 +360,22 @@ def test_image_fingerprints_ignore_framing_but_not_content():
     assert rms(img, framed) < parse_iconify_spec("iconify").match < rms(img, other)
     got = dataset_hashes(ClassificationDataset("x", ["a"], [Sample(np.asarray(img), 0)], []))
     assert got.tolist() == [thumbnail(img).tolist()]
+
+
+def test_gram_chc_features_stage_records_the_selection(package, tmp_path, tiny_clip_dir, monkeypatch, capsys):
+    from gramprompt.cli import main
+
+    monkeypatch.setenv("GRAMPROMPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("gramprompt.data.exclusion.evaluation_hashes", lambda cache: ({}, {"noto-scripts": "absent"}))
+    out = tmp_path / "chc"
+    assert main(["chc", "--pairs", f"iconify?root={package}", "--exclude-sets", "dd", "--backbone", f"hf:{tiny_clip_dir}",
+                 "--out", str(out), "--stage", "features", "--text-model", "default"]) == 0
+    report = json.loads((out / "features" / "source.json").read_text())
+    assert report["spec"].endswith("exclude-sets=dd") and [s["prefix"] for s in report["sets"]] == ["aa"]
+    assert report["pairs"] == 4 and report["counts"]["excluded_set_icons"] == 4
+    from gramprompt.chc.store import FeatureStore
+    from gramprompt.data.pairs.iconify_source import exclusion_summary
+
+    assert FeatureStore(out / "features").counts()["pairs"] == 4
+    text = exclusion_summary(report)
+    assert "4 pairs from 1 sets" in text and "not installed (not checked): noto-scripts" in text

@@ -242,13 +242,19 @@ def cmd_chc(a: argparse.Namespace) -> int:
     from .chc.pipeline import run_chc
     from .chc.report import topic_table
 
+    from .data.pairs.iconify_source import exclusion_summary, with_exclusions
+
     executor = make_executor(a.executor, a.workers, a.ray_address)
+    a.pairs = with_exclusions(a.pairs, a.exclude_images, a.exclude_sets)
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
                 a.features, resolve_device(a.device), report=not a.no_report, agreement_field=a.agreement)
     if h is None:
         print(f"stage {a.stage} done (job {a.shard_index} of {a.num_shards}) in {a.out}")
         return 0
     print(" ".join(f"{k}={v}" for k, v in h.info["counts"].items()))
+    source_report = (a.features or a.out / "features") / "source.json"
+    if source_report.exists():
+        print(exclusion_summary(json.loads(source_report.read_text())))
     print(topic_table(h, limit=a.show))
     if a.agreement:
         score = json.loads((a.out / "report" / "agreement.json").read_text())
@@ -391,7 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     d_feat, d_topic, d_dom = FeatureConfig(), TopicConfig(), DomainConfig()
     p = sub.add_parser("chc", help="Cross-Modal Hierarchical Clustering: image-text pairs -> topics -> visual domains")
     p.add_argument("--pairs", required=True,
-                   help="openclipart, noto-emoji, folder:PATH (images + captions file) or wds:GLOB (tar shards)")
+                   help="openclipart, noto-emoji, iconify[:N][?key=value&...] (the Iconify icon sets, docs/DATA.md), "
+                        "folder:PATH (images + captions file), wds:GLOB (tar shards), or A+B (one after the other)")
+    p.add_argument("--exclude-images", nargs="+", default=None, metavar="DIR",
+                   help="iconify: also remove every icon that matches an image under these folders (your own "
+                        "evaluation sets; the shipped ones are always removed)")
+    p.add_argument("--exclude-sets", nargs="+", default=None, metavar="PREFIX",
+                   help="iconify: leave out these icon sets (e.g. noto twemoji)")
     p.add_argument("--backbone", required=True, help=f"backbone spec (image features): {', '.join(SPEC_FORMS)}")
     p.add_argument("--out", required=True, type=Path, help="hierarchy folder (rerun the same command to resume)")
     p.add_argument("--features", type=Path, default=None, help="feature store folder (default OUT/features)")

@@ -216,6 +216,9 @@ def features_stage(pairs: str, backbone_spec: str, features: Path, cfg: CHCConfi
 
     claim(features, feature_settings(pairs, backbone_spec, cfg), holds_shards(features), _redo_features(features))
     source = open_pair_source(pairs, cfg.shard_size)
+    if hasattr(source, "report"):  # what the source selected and removed, with its data's attribution
+        features.mkdir(parents=True, exist_ok=True)
+        (features / "source.json").write_text(json.dumps(source.report(), indent=1))
     shards = my_shards(source.num_shards(), shard_index, num_shards)
     if isinstance(executor, SerialExecutor):
         if backbone is None:

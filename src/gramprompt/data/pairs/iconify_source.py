@@ -142,6 +142,26 @@ def with_exclusions(spec: str, images: list[str] | None = None, sets: list[str] 
     return "+".join(out)
 
 
+def exclusion_summary(report: dict[str, Any]) -> str:
+    """A few lines saying what an iconify selection removed, per rule (``report()``, or a dict of them)."""
+    if "counts" not in report:
+        return "\n".join(exclusion_summary(r) for r in report.values() if isinstance(r, dict))
+    c, ev = report["counts"], report["excluded_by_evaluation_set"]
+    per_set = ", ".join(f"{k} {v}" for k, v in ev["removed"].items()) or "none"
+    lines = [f"{report.get('spec', 'iconify')}: {report.get('pairs', c.get('pairs'))} pairs from {len(report['sets'])} sets "
+             f"({c.get('rendered', 0)} icons rendered)",
+             f"  removed: evaluation images {c.get('excluded_evaluation', 0)} ({per_set}); your --exclude-images "
+             f"{c.get('excluded_user_images', 0)}; exact duplicates {c.get('duplicate_exact', 0)}; same-hash "
+             f"duplicates {c.get('duplicate_near', 0)}; blank {c.get('blank_render', 0)}; render errors "
+             f"{c.get('render_error', 0)}",
+             f"  left out before rendering: icons of non-permissive sets {c.get('licence_icons', 0)}, of "
+             f"--exclude-sets {c.get('excluded_set_icons', 0)}; hidden {c.get('hidden_icon', 0)}; aliases "
+             f"{c.get('aliases', 0)}"]
+    if ev.get("not_installed"):
+        lines.append(f"  evaluation sets not installed (not checked): {', '.join(ev['not_installed'])}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- building the selection
 
 
