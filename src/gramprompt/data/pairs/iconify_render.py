@@ -75,8 +75,9 @@ def render_pymupdf(svg: str, size: int) -> Image.Image:
     try:
         with pymupdf.open(stream=svg.encode(), filetype="svg") as doc:
             page = doc[0]
-            pix = page.get_pixmap(matrix=pymupdf.Matrix(size / page.rect.width, size / page.rect.height), alpha=False)
-            img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+            pix = page.get_pixmap(matrix=pymupdf.Matrix(size / page.rect.width, size / page.rect.height), alpha=True)
+            rgba = Image.frombytes("RGBA", (pix.width, pix.height), pix.samples)
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     except Exception as exc:
         raise RenderError(str(exc)) from exc
     return img if img.size == (size, size) else img.resize((size, size), Image.Resampling.BILINEAR)
