@@ -247,7 +247,8 @@ def cmd_chc(a: argparse.Namespace) -> int:
     executor = make_executor(a.executor, a.workers, a.ray_address)
     a.pairs = with_exclusions(a.pairs, a.exclude_images, a.exclude_sets)
     h = run_chc(a.pairs, a.backbone, a.out, _chc_config(a), executor, a.stage, a.shard_index, a.num_shards,
-                a.features, resolve_device(a.device), report=not a.no_report, agreement_field=a.agreement)
+                a.features, resolve_device(a.device), report=not a.no_report, agreement_field=a.agreement,
+                domain_field=a.domain_agreement)
     if h is None:
         print(f"stage {a.stage} done (job {a.shard_index} of {a.num_shards}) in {a.out}")
         return 0
@@ -260,6 +261,10 @@ def cmd_chc(a: argparse.Namespace) -> int:
         score = json.loads((a.out / "report" / "agreement.json").read_text())
         print(f"agreement with {a.agreement}: ARI {score['ari']:.3f} NMI {score['nmi']:.3f} "
               f"({score['pairs']} pairs, {score['classes']} classes, {score['topics']} topics)")
+    if a.domain_agreement:
+        score = json.loads((a.out / "report" / "domain_agreement.json").read_text())
+        print(f"domains against {a.domain_agreement} within {score['topics']} topics: NMI {score['nmi']:.3f} "
+              f"(shuffled {score['nmi_shuffled']:.3f})")
     print(f"hierarchy written to {a.out}")
     return 0
 
@@ -449,7 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=20, help="topics to print")
     p.add_argument("--no-report", action="store_true", help="skip the PNG report")
     p.add_argument("--agreement", default=None, metavar="FIELD",
-                   help="also score topics against this metadata field (ARI/NMI), e.g. category for openclipart")
+                   help="also score topics against this metadata field (ARI/NMI), e.g. category for openclipart "
+                        "or iconify (the set's own theme of the icon)")
+    p.add_argument("--domain-agreement", default=None, metavar="FIELD",
+                   help="also measure whether visual domains follow this metadata field within topics (NMI "
+                        "against a within-topic shuffle), e.g. set for iconify (each set is one drawing style)")
     p.set_defaults(fn=cmd_chc)
 
     from .meta.regulator import FORMS

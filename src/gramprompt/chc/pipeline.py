@@ -241,7 +241,8 @@ def _redo_features(features: Path) -> str:
 def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConfig | None = None,
             executor: Executor | None = None, stage: str = "all", shard_index: int = 0, num_shards: int = 1,
             features: str | os.PathLike | None = None, device: str | None = None, backbone=None,
-            report: bool = True, agreement_field: str | None = None) -> Hierarchy | None:
+            report: bool = True, agreement_field: str | None = None,
+            domain_field: str | None = None) -> Hierarchy | None:
     """``gram chc`` stages: ``features`` and ``assign`` do this job's shards only (``shard_index``
     of ``num_shards``, e.g. a SLURM array), ``fit`` fits the topic model once, ``cluster`` finishes
     what is left (fit, assign, words, domains, report) on a complete store; ``all`` runs them all.
@@ -272,7 +273,7 @@ def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConf
     if report:
         from gramprompt.chc.report import write_report
 
-        write_report(hierarchy, out, field=agreement_field)
+        write_report(hierarchy, out, field=agreement_field, domain_field=domain_field)
     return hierarchy
 
 

@@ -69,9 +69,11 @@ def topic_table(h: Hierarchy, limit: int | None = None, words: int = 5) -> str:
     return "\n".join(lines)
 
 
-def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6, field: str | None = None) -> Path:
+def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6, field: str | None = None,
+                 domain_field: str | None = None) -> Path:
     """``out/report/``: sizes.png, grid.png and report.md (counts, the topic table and, with
-    ``field``, the agreement of topics with that metadata field, also in agreement.json)."""
+    ``field``, the agreement of topics with that metadata field, also in agreement.json; with
+    ``domain_field``, whether domains follow that field, also in domain_agreement.json)."""
     folder = Path(out) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sizes_histogram(h, folder / "sizes.png")
@@ -86,21 +88,52 @@ def write_report(h: Hierarchy, out: str | os.PathLike, grid_topics: int = 6, fie
         (folder / "agreement.json").write_text(json.dumps({"field": field, **score}, indent=1))
         lines += [f"Agreement with `{field}` over {score['pairs']} kept pairs ({score['classes']} classes, "
                   f"{score['topics']} topics): ARI {score['ari']:.3f}, NMI {score['nmi']:.3f}.", ""]
+    if domain_field is not None:
+        score = domain_agreement(h, domain_field)
+        (folder / "domain_agreement.json").write_text(json.dumps({"field": domain_field, **score}, indent=1))
+        lines += [f"Domains against `{domain_field}` within {score['topics']} topics ({score['pairs']} pairs): "
+                  f"NMI {score['nmi']:.3f} (shuffled within topics: {score['nmi_shuffled']:.3f}).", ""]
     (folder / "report.md").write_text("\n".join(lines))
     return folder
 
 
 def agreement(h: Hierarchy, field: str) -> dict[str, float | int]:
     """ARI and NMI of the kept pairs' topics against a metadata field of the pairs (e.g.
-    openclipart's top-level ``category``), a label-free check that topics mean something."""
+    openclipart's top-level ``category``), a label-free check that topics mean something. Pairs
+    without the field (or with it empty, e.g. icons of a set without categories) are left out."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     store = h.store()
     meta = [json.loads(m).get(field) for m in store.column("meta")]
-    rows = [r for r in np.flatnonzero(h.kept) if meta[h.rows[r]] is not None]
+    rows = [r for r in np.flatnonzero(h.kept) if meta[h.rows[r]] not in (None, "")]
     if not rows:
         raise ValueError(f"no kept pair has a {field!r} field in its metadata")
     truth = [meta[h.rows[r]] for r in rows]
     pred = h.topic[rows]
     return {"pairs": len(rows), "classes": len(set(truth)), "topics": int(len(set(pred.tolist()))),
             "ari": float(adjusted_rand_score(truth, pred)), "nmi": float(normalized_mutual_info_score(truth, pred))}
+
+
+def domain_agreement(h: Hierarchy, field: str, seed: int = 0) -> dict[str, float | int]:
+    """Do the visual domains inside topics follow a metadata field (e.g. an icon's ``set``, i.e. its
+    drawing style)? The NMI of domain against ``field`` within each topic that has two or more domains
+    and field values, averaged weighted by topic size; beside it the same with the field shuffled
+    within each topic (seeded), the value domains unrelated to the field would get."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    store = h.store()
+    meta = np.asarray([json.loads(m).get(field) or "" for m in store.column("meta")], dtype=object)
+    rng = np.random.default_rng(seed)
+    nmi, shuffled, weights = [], [], []
+    for t in h.topics:
+        rows = np.flatnonzero((h.topic == t.id) & (h.domain >= 0))
+        values = meta[h.rows[rows]]
+        if len(set(h.domain[rows].tolist())) < 2 or len(set(values.tolist())) < 2:
+            continue
+        nmi.append(normalized_mutual_info_score(values, h.domain[rows]))
+        shuffled.append(normalized_mutual_info_score(rng.permutation(values), h.domain[rows]))
+        weights.append(len(rows))
+    if not weights:
+        raise ValueError(f"no topic has two domains and two values of {field!r}")
+    return {"topics": len(weights), "pairs": int(sum(weights)), "nmi": float(np.average(nmi, weights=weights)),
+            "nmi_shuffled": float(np.average(shuffled, weights=weights))}
