@@ -63,3 +63,11 @@ def test_trunk_benchmark_prints_its_table():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_trunk.py"), "--quick", "--threads", "1"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "| trunk | per batch | per image | speed-up |" in out and "fused, chunks of 4 (now)" in out
+
+
+def test_chc_features_benchmark_prints_its_tables():
+    # --quick: 24 openclipart pairs, one run of each path; one thread (see the meta-step test)
+    script = [sys.executable, str(ROOT / "benchmarks" / "bench_chc_features.py"), "--quick", "--threads", "1"]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| path | time | pairs/s | speed-up |" in out and "| stage | reference | fast | ratio |" in out
+    assert "Same rows in both stores: True" in out

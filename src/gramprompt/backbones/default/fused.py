@@ -7,6 +7,12 @@ in channels-last layout, oneDNN then runs every convolution without the separate
 padding and layout passes that cost most of the library model's time on CPU (about 2.5x on one
 core: ``benchmarks/bench_trunk.py``). The output equals the library model's up to float32 rounding
 (``tests/test_trunk_fusion.py``). Asymmetric paddings (the stride-2 convolutions at 224 px) stay.
+
+:class:`OneDNNTrunk` runs the folded trunk for frozen CPU inference as oneDNN convolutions with their
+pointwise epilogue fused in (ReLU6 as a clip, the residual add as a binary post-op), so no separate
+elementwise pass over the activations remains (the out-of-place ReLU6s were a fifth of the trunk's time).
+The clip is exact and the add rounds once as before, so the output equals the module's up to float32
+rounding (``tests/test_chc_features_fast.py``; speed: ``benchmarks/bench_chc_features.py``).
 """
 from __future__ import annotations
 
@@ -53,4 +59,80 @@ def fuse_for_inference(trunk: nn.Module) -> nn.Module:
     return fused.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
-__all__ = ["fuse_for_inference"]
+class _Conv:
+    """One folded convolution of the trunk as a oneDNN primitive call; its weights are read from the module
+    at call time, so a trunk moved with ``.to()`` is still the one that runs."""
+
+    def __init__(self, conv: nn.Conv2d, activation: bool):
+        pad = getattr(conv, "static_padding", None)
+        self.extra_pad: tuple[int, int, int, int] | None = None
+        padding = tuple(conv.padding)
+        if isinstance(pad, nn.ZeroPad2d):  # asymmetric "same": the symmetric part in the conv, the rest padded
+            left, right, top, bottom = pad.padding
+            if right < left or bottom < top or padding != (0, 0):
+                raise TypeError(f"unexpected padding {pad.padding} of {conv}")
+            padding = (top, left)
+            if (right, bottom) != (left, top):
+                self.extra_pad = (0, right - left, 0, bottom - top)
+        elif pad is not None and type(pad).__name__ != "Identity":  # nn.Identity or the library's own
+            raise TypeError(f"unexpected padding module {pad} of {conv}")
+        if conv.bias is None or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+            raise TypeError(f"not a folded convolution: {conv}")
+        self.conv, self.activation = conv, activation
+        self.padding, self.stride, self.groups = list(padding), list(conv.stride), conv.groups
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.extra_pad is not None:
+            x = torch.nn.functional.pad(x, self.extra_pad)
+        w, b = self.conv.weight, self.conv.bias
+        if residual is not None:
+            return _POINTWISE.binary(x, residual, w, b, self.padding, self.stride, [1, 1], self.groups,
+                                     "add", None, None, [], None)
+        attr, scalars = ("hardtanh", [0.0, 6.0]) if self.activation else ("none", [])
+        return _POINTWISE(x, w, b, self.padding, self.stride, [1, 1], self.groups, attr, scalars, "")
+
+
+_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+class OneDNNTrunk:
+    """``extract_features`` of a trunk made by :func:`fuse_for_inference`, for frozen inference on CPU in float32
+    (no autograd): every convolution with its ReLU6 or residual add as one oneDNN call. Raises ``TypeError``
+    for a trunk it does not know (unfolded BatchNorms, other activations) and ``RuntimeError`` where this
+    torch has no oneDNN; the caller then keeps the module."""
+
+    def __init__(self, fused: nn.Module):
+        if _POINTWISE is None or not torch.backends.mkldnn.is_available():
+            raise RuntimeError("this torch build has no oneDNN fused convolutions")
+        relu6 = fused._swish
+        if not isinstance(relu6, nn.ReLU6):
+            raise TypeError(f"expected ReLU6 activations, got {relu6}")
+        for module in fused.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                raise TypeError("the trunk's BatchNorms are not folded (use fuse_for_inference)")
+            if getattr(module, "training", False):
+                raise TypeError("the trunk is in training mode")
+        self.stem = _Conv(fused._conv_stem, True)
+        self.blocks = []
+        for block in fused._blocks:
+            args = block._block_args
+            if block.has_se or not isinstance(block._swish, nn.ReLU6):
+                raise TypeError("expected MBConv blocks without squeeze-excitation and with ReLU6")
+            # the library's own test, verbatim: a stride given as a list ([1]) is not == 1, so no skip
+            skip = bool(block.id_skip and args.stride == 1 and args.input_filters == args.output_filters)
+            expand = _Conv(block._expand_conv, True) if args.expand_ratio != 1 else None
+            self.blocks.append((expand, _Conv(block._depthwise_conv, True), _Conv(block._project_conv, False), skip))
+        self.head = _Conv(fused._conv_head, True)
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 CPU pixels -> (B, 1280, H/32, W/32) feature map, as the module computes it."""
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        for expand, depthwise, project, skip in self.blocks:
+            inputs = x
+            if expand is not None:
+                x = expand(x)
+            x = project(depthwise(x), inputs if skip else None)
+        return self.head(x)
+
+
+__all__ = ["OneDNNTrunk", "fuse_for_inference"]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ...data.images import ImageTransform
 from ..base import TokenizedText
 from ..hf_clip import BackboneError, listing
-from .fused import fuse_for_inference
+from .fused import OneDNNTrunk, fuse_for_inference
 from .head import HEADS, IMAGENET_CLASSES, HeadConfig
 from .towers import load_efficientnet_lite0, load_minilm
 
@@ -110,6 +110,7 @@ class MiniLMText(nn.Module):
 
 
 CPU_TRUNK_CHUNK = 4  # images per trunk forward on CPU (see trunk_outputs)
+ONEDNN_TRUNK_CHUNK = 4  # images per oneDNN trunk call (see inference_stem; benchmarks/bench_chc_features.py)
 
 
 class DefaultBackbone(nn.Module):
@@ -132,6 +133,10 @@ class DefaultBackbone(nn.Module):
         self.vision_width = head.cfg.width
         self.vision_layers = head.cfg.layers
         self.context_length = self.text.context_length
+        try:  # frozen CPU inference runs the folded trunk as fused oneDNN calls (inference_stem)
+            self._onednn_trunk: OneDNNTrunk | None = OneDNNTrunk(self.trunk)
+        except (TypeError, RuntimeError, AttributeError):  # the library model (build), or no oneDNN
+            self._onednn_trunk = None
 
     @classmethod
     def from_weights(cls, path: str | Path = WEIGHTS, *, device: torch.device | str | None = None,
@@ -170,6 +175,23 @@ class DefaultBackbone(nn.Module):
 
     def encode_image_stem(self, pixels: Tensor) -> Tensor:
         return self.head.stem(*self.trunk_outputs(pixels))
+
+    def inference_trunk_outputs(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """``trunk_outputs`` for frozen inference: on CPU in float32 with autograd off, the trunk runs as fused
+        oneDNN calls (:class:`.fused.OneDNNTrunk`, ``ONEDNN_TRUNK_CHUNK`` images per call; equal up to float32
+        rounding); anywhere else it is ``trunk_outputs`` itself."""
+        trunk = self._onednn_trunk
+        if (trunk is None or not len(pixels) or torch.is_grad_enabled() or pixels.requires_grad
+                or self.device.type != "cpu" or self.dtype != torch.float32):
+            return self.trunk_outputs(pixels)
+        pixels = pixels.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+        step = ONEDNN_TRUNK_CHUNK
+        fmap = torch.cat([trunk.extract_features(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+        return fmap, self.trunk._fc(fmap.mean((2, 3)))
+
+    def inference_stem(self, pixels: Tensor) -> Tensor:
+        """``encode_image_stem`` for frozen inference (feature extraction), through ``inference_trunk_outputs``."""
+        return self.head.stem(*self.inference_trunk_outputs(pixels))
 
     def encode_image_from_stem(self, stem: Tensor, visual_prompts: Tensor | None = None, *,
                                per_image: bool = False) -> Tensor:
