@@ -265,8 +265,7 @@ def test_evaluation_images_are_excluded_per_set(package, tmp_path):
     assert src.report()["counts"]["excluded_evaluation"] == 2
     # and nothing kept is within the match distance of an evaluation image
     kept = np.stack([thumbnail(load_image(p.image)) for i in range(src.num_shards()) for p in src.read_shard(i).pairs])
-    rms = np.sqrt(((kept[:, None].astype(float) - hashes["fake-eval"][None].astype(float)) ** 2).mean(-1))
-    assert rms.min() > parse_iconify_spec("iconify").match
+    assert (nearest_within(kept, hashes["fake-eval"], parse_iconify_spec("iconify").match) == -1).all()
 
 
 def test_missing_evaluation_set_is_reported(tmp_path):
@@ -341,10 +340,19 @@ def test_nearest_within_matches_brute_force():
     refs = rng.integers(0, 256, (200, 256), dtype=np.uint8)
     near = np.clip(refs[:30].astype(int) + rng.integers(-12, 13, (30, 256)), 0, 255).astype(np.uint8)
     queries = np.concatenate([near, rng.integers(0, 256, (20, 256), dtype=np.uint8)])
-    got = nearest_within(queries, refs, 8.0, chunk=7)
-    rms = np.sqrt(((queries[:, None].astype(float) - refs[None].astype(float)) ** 2).mean(-1))
-    want = np.where(rms.min(1) <= 8.0, rms.argmin(1), -1)
+    got = nearest_within(queries, refs, 8.0, 0.9, chunk=7)
+    q, r = queries[:, None].astype(float), refs[None].astype(float)
+    rms = np.sqrt(((q - r) ** 2).mean(-1))
+    qc, rc = q - q.mean(-1, keepdims=True), r - r.mean(-1, keepdims=True)
+    corr = (qc * rc).sum(-1) / np.sqrt((qc ** 2).sum(-1) * (rc ** 2).sum(-1))
+    score = np.where((rms <= 8.0) & (corr >= 0.9), corr, -np.inf)
+    want = np.where(np.isfinite(score.max(1)), score.argmax(1), -1)
     assert got.tolist() == want.tolist() and (got[:30] == np.arange(30)).all()
+    # a pale picture is near any pale picture in RMS, but not correlated with it
+    pale = np.full((2, 256), 250, np.uint8)
+    pale[0, :128], pale[1, ::2] = 240, 240
+    assert nearest_within(pale[:1], pale[1:], 12.0, 0.95).tolist() == [-1]
+    assert nearest_within(pale[:1], pale[1:], 12.0, 0.0).tolist() == [0]
 
 
 def test_image_fingerprints_ignore_framing_but_not_content():

@@ -47,15 +47,17 @@ logger = logging.getLogger(__name__)
 
 # Chosen on measured distances (docs/DATA.md). Evaluation images: RMS difference of 16 x 16 thumbnails
 # in grey levels (the same emoji re-rasterized: median 3.0, 90th percentile 4.0; the nearest other
-# emoji: median 20.4; two different simple icons: 98 and more). Duplicates: Hamming distance of
+# emoji: median 20.4; two different simple icons: 98 and more) and their correlation (RMS alone matched
+# pale icons to pale clip art). Duplicates: Hamming distance of
 # 256-bit picture hashes (one icon framed or rasterized two ways: 0).
-MATCH_DISTANCE = 12.0  # an evaluation image redrawn by an icon set: removed (erring towards removal)
+MATCH_DISTANCE = 12.0  # an evaluation image redrawn by an icon set: removed (erring towards removal) when
+MATCH_CORRELATION = 0.95  # its thumbnail is also this correlated (same picture 0.995+; pale look-alikes less)
 DEDUPE_DISTANCE = 0  # two icons of the corpus that are the same picture
-SELECTION_VERSION = 1
+SELECTION_VERSION = 2
 
 _LIST_KEYS = {"sets", "categories", "licenses", "exclude-sets", "exclude-images"}
 _INT_KEYS = {"seed", "size", "dedupe"}
-_FLOAT_KEYS = {"match"}
+_FLOAT_KEYS = {"match", "match-corr"}
 _STR_KEYS = {"root", "renderer", "style"}
 
 
@@ -72,6 +74,7 @@ class IconifyOptions:
     renderer: str = "resvg"
     style: str = "drop"  # "drop": style words removed from captions where they mark a variant; "keep"
     match: float = MATCH_DISTANCE
+    match_corr: float = MATCH_CORRELATION
     dedupe: int = DEDUPE_DISTANCE
 
 
@@ -79,7 +82,7 @@ def parse_iconify_spec(spec: str) -> IconifyOptions:
     """``iconify``, ``iconify:N``, ``iconify:N?sets=mdi,tabler&exclude-images=/a,/b`` -> options.
 
     Keys: sets, categories, licenses (SPDX ids, or ``any``), exclude-sets, exclude-images (folders),
-    root, seed, size, renderer, style (drop|keep), match, dedupe.
+    root, seed, size, renderer, style (drop|keep), match, match-corr, dedupe.
     """
     head, _, query = spec.partition("?")
     kind, sep, n = head.partition(":")
@@ -107,7 +110,7 @@ def parse_iconify_spec(spec: str) -> IconifyOptions:
             setattr(opts, key, int(value))
         elif key in _FLOAT_KEYS:
             try:
-                setattr(opts, key, float(value))
+                setattr(opts, key.replace("-", "_"), float(value))
             except ValueError:
                 raise DatasetError(f"{spec!r}: {key} must be a number, got {value!r}") from None
         elif key in _STR_KEYS:
@@ -258,11 +261,11 @@ def _exclude(entries: list[dict], thumbs: np.ndarray, opts: IconifyOptions, cach
     refs = np.concatenate([evaluation[n] for n in names]) if names else np.zeros((0, thumbs.shape[1]), np.uint8)
     owner = np.repeat(np.arange(len(names)), [len(evaluation[n]) for n in names])
     queries = thumbs[[e["row"] for e in entries]] if entries else thumbs[:0]
-    hit = nearest_within(queries, refs, opts.match)
+    hit = nearest_within(queries, refs, opts.match, opts.match_corr)
     user_hit = np.full(len(entries), -1)
     if opts.exclude_images:
         user, files, bad = thumbnail_files(opts.exclude_images)
-        user_hit = nearest_within(queries, user, opts.match)
+        user_hit = nearest_within(queries, user, opts.match, opts.match_corr)
         counts["exclude_images_files"] = len(files)
         counts["exclude_images_unreadable"] = bad
     per_set = Counter(names[owner[i]] for i in hit[hit >= 0])
@@ -270,7 +273,7 @@ def _exclude(entries: list[dict], thumbs: np.ndarray, opts: IconifyOptions, cach
     kept = [e for e, a, b in zip(entries, hit, user_hit) if a < 0 and b < 0]
     counts["excluded_evaluation"] = sum(per_set.values())
     report = {"removed": dict(sorted(per_set.items())), "hashed_images": {k: int(len(v)) for k, v in evaluation.items()},
-              "not_installed": missing, "match_distance": opts.match}
+              "not_installed": missing, "match_distance": opts.match, "match_correlation": opts.match_corr}
     return kept, report
 
 
