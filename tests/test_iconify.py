@@ -32,7 +32,6 @@ from gramprompt.data.pairs.iconify import (
 from gramprompt.data.pairs.iconify_render import RENDERERS, chunk_paths
 from gramprompt.data.pairs.iconify_source import (
     IconifyPairSource,
-    build_selection,
     nested_subset,
     parse_iconify_spec,
     with_exclusions,
