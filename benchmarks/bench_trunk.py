@@ -5,7 +5,9 @@ tuning run encodes) is most of the offline pipeline's time. Two changes, measure
 ``fuse_for_inference`` folds its BatchNorms and symmetric paddings into the convolutions and runs it
 channels-last; ``DefaultBackbone.trunk_outputs`` feeds it ``CPU_TRUNK_CHUNK`` images at a time, so
 the memory-bound elementwise passes (ReLU6, residual adds) work in cache. Reference: the library
-model on the whole batch (the encoders' batch of 32 before). Setting: 224x224 images (seeded random
+model on the whole batch (the encoders' batch of 32 before). A fourth row: ``OneDNNTrunk``, the fused
+trunk with each ReLU6 and residual add inside its convolution's oneDNN call, which feature extraction
+uses where autograd is off (``DefaultBackbone.inference_trunk_outputs``). Setting: 224x224 images (seeded random
 pixels: the cost does not depend on them), ``torch.inference_mode``, repeats interleaved so drift
 affects every variant alike. Printed: median time per batch and per image, the speed-up, and the
 largest difference of the feature maps (float32 rounding).
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     batch, repeats = (4, 1) if args.quick else (args.batch, args.repeats)
 
-    from gramprompt.backbones.default.fused import fuse_for_inference
-    from gramprompt.backbones.default.model import CPU_TRUNK_CHUNK
+    from gramprompt.backbones.default.fused import OneDNNTrunk, fuse_for_inference
+    from gramprompt.backbones.default.model import CPU_TRUNK_CHUNK, ONEDNN_TRUNK_CHUNK
     from gramprompt.backbones.default.towers import load_efficientnet_lite0
 
     library = load_efficientnet_lite0()
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = {f"library model, batch {batch} (before)": lambda: library.extract_features(x),
                 f"fused, batch {batch}": lambda: fused.extract_features(x_last),
                 f"fused, chunks of {CPU_TRUNK_CHUNK} (now)": chunked}
+    try:  # feature extraction (DefaultBackbone.inference_trunk_outputs): ReLU6 and residual adds inside oneDNN calls
+        onednn = OneDNNTrunk(fused)
+        variants[f"fused + oneDNN epilogues, chunks of {ONEDNN_TRUNK_CHUNK} (inference)"] = lambda: torch.cat(
+            [onednn.extract_features(x_last[i:i + ONEDNN_TRUNK_CHUNK]) for i in range(0, batch, ONEDNN_TRUNK_CHUNK)])
+    except (RuntimeError, TypeError) as err:
+        print(f"(no oneDNN variant: {err})", file=sys.stderr)
     with torch.inference_mode():
         ref = library.extract_features(x)
         diffs = {name: float((fn() - ref).abs().max()) for name, fn in variants.items()}

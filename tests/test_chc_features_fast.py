@@ -110,11 +110,16 @@ def test_onednn_trunk_equals_the_module(default, gen):
     assert torch.equal(default.inference_stem(x[:1]), default.encode_image_stem(x[:1]))
 
 
-def test_onednn_trunk_refuses_the_unfolded_library_model():
+def test_onednn_trunk_takes_a_folded_trunk_and_refuses_the_library_model():
+    from gramprompt.backbones.default.fused import fuse_for_inference
     from gramprompt.backbones.default.towers import load_efficientnet_lite0
 
-    with pytest.raises(TypeError):
-        OneDNNTrunk(load_efficientnet_lite0())
+    library = load_efficientnet_lite0()
+    with pytest.raises(TypeError, match="not folded"):
+        OneDNNTrunk(library)  # what `gram build-default-backbone` keeps: the backbone then runs the module
+    if getattr(torch.ops.mkldnn, "_convolution_pointwise", None) is not None:
+        trunk = OneDNNTrunk(fuse_for_inference(library))
+        assert len(trunk.blocks) == 16 and sum(skip for *_, skip in trunk.blocks) == 9
 
 
 def test_the_caption_model_is_the_default_backbones_text_tower(default, text_model, backbone):

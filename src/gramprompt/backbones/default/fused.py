@@ -107,11 +107,10 @@ class OneDNNTrunk:
         relu6 = fused._swish
         if not isinstance(relu6, nn.ReLU6):
             raise TypeError(f"expected ReLU6 activations, got {relu6}")
-        for module in fused.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                raise TypeError("the trunk's BatchNorms are not folded (use fuse_for_inference)")
-            if getattr(module, "training", False):
-                raise TypeError("the trunk is in training mode")
+        if any(isinstance(module, nn.BatchNorm2d) for module in fused.modules()):
+            raise TypeError("the trunk's BatchNorms are not folded (use fuse_for_inference)")
+        if fused.training or any(block.training for block in fused._blocks):  # drop-connect would be on
+            raise TypeError("the trunk is in training mode")
         self.stem = _Conv(fused._conv_stem, True)
         self.blocks = []
         for block in fused._blocks:
