@@ -1,6 +1,8 @@
 """Shared fixtures: a random-weight tiny CLIP saved to and loaded from a local HF directory."""
 from __future__ import annotations
 
+import os
+import tempfile
 from contextlib import contextmanager
 
 import pytest
@@ -8,6 +10,11 @@ import torch
 
 from gramprompt.backbones import load_backbone
 from gramprompt.backbones.random_clip import build_random_clip
+
+
+# CHC feature shards are shared through a machine-wide cache (chc/reuse.py): tests get their own,
+# so that no test reads a shard another run left there.
+os.environ["GRAM_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="gram-feature-cache-")
 
 
 @pytest.fixture(scope="session")

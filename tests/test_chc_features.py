@@ -15,7 +15,7 @@ from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.chc.store import FeatureStore
 from gramprompt.cli import main
 from gramprompt.data.images import load_image
-from gramprompt.data.pairs import open_pair_source
+from gramprompt.data.pairs import ConcatPairSource, open_pair_source
 from conftest import full_length
 from tolerance import assert_fp32_close, hf_clip_tower, transformer_depth
 
@@ -83,7 +83,7 @@ def test_extraction_counts_bad_pairs_and_aligns_rows(backbone, text_model, tmp_p
 
 def test_interrupted_extraction_resumes_to_the_same_arrays(backbone, text_model, tmp_path):
     source = open_pair_source(f"folder:{write_folder(tmp_path / 'pairs')}", shard_size=4)
-    extractor = FeatureExtractor(backbone, text_model)
+    extractor = FeatureExtractor(backbone, text_model, FeatureConfig(reuse=False))  # every shard computed
     extract(extractor, source, tmp_path / "whole")
 
     def killed(index, counts):
@@ -102,6 +102,33 @@ def test_interrupted_extraction_resumes_to_the_same_arrays(backbone, text_model,
         np.testing.assert_array_equal(np.concatenate([c for _, c in a.chunks(kind)]),
                                       np.concatenate([c for _, c in b.chunks(kind)]))
     assert a.column("key") == b.column("key") and a.counts() == b.counts()
+
+
+def test_nested_corpora_reuse_the_shards_they_share(backbone, text_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAM_FEATURE_CACHE", str(tmp_path / "reuse"))
+    small = open_pair_source(f"folder:{write_folder(tmp_path / 'a', n=8, corrupt=(), empty=())}", shard_size=4)
+    large = ConcatPairSource("a+b", [small, open_pair_source(f"folder:{write_folder(tmp_path / 'b', n=5)}", 4)])
+    extractor = FeatureExtractor(backbone, text_model)
+    computed = []
+    compute = extractor.features_fast
+    monkeypatch.setattr(extractor, "features_fast", lambda pairs, counts: computed.append(pairs[0].key) or compute(pairs, counts))
+    extract(extractor, small, tmp_path / "small")
+    extract(extractor, large, tmp_path / "large")
+    assert len(computed) == 2 + 2  # the large corpus encoded only its own two shards
+    a, b = FeatureStore(tmp_path / "small"), FeatureStore(tmp_path / "large")
+    for kind in ("img", "text"):
+        np.testing.assert_array_equal(np.concatenate([c for _, c in a.chunks(kind)]),
+                                      np.concatenate([c for _, c in b.chunks(kind)])[:len(a)])
+    assert b.column("key")[:len(a)] == a.column("key") and b.counts()["pairs"] == 8 + 4  # b: one corrupt image
+
+    # another caption, image or setting is another shard
+    write_folder(tmp_path / "a", n=8, corrupt=(), empty=())  # the same files rewritten: new file times
+    extract(extractor, small, tmp_path / "again")
+    assert len(computed) == 4 + 2
+    off = FeatureExtractor(backbone, text_model, FeatureConfig(reuse=False))
+    monkeypatch.setattr(off, "features_fast", lambda pairs, counts: computed.append(pairs[0].key) or compute(pairs, counts))
+    extract(off, small, tmp_path / "off")
+    assert len(computed) == 6 + 2
 
 
 def test_job_sharding_covers_every_shard_once():

@@ -21,6 +21,10 @@ class FeatureConfig:
     # also keep the backbone's cacheable image stems (float16; only backbones with cache_stems), which
     # visual-prompt meta-training (VPT, UNIGRAM) reads instead of decoding every image again
     stems: bool = False
+    # look each shard up in a cache shared by every feature store on this machine (``chc.reuse``), keyed
+    # by the backbone's weights, these settings and the shard's pairs, so nested corpora
+    # (``openclipart+iconify:N``) and stores under other roots encode a pair once
+    reuse: bool = True
 
 
 @dataclass

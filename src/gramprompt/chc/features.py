@@ -11,6 +11,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gramprompt.backbones.base import Backbone, TokenizedText
+from gramprompt.chc import reuse
 from gramprompt.chc.config import FeatureConfig
-from gramprompt.chc.store import shard_paths, write_shard
+from gramprompt.chc.store import shard_counts, shard_paths, write_shard
 from gramprompt.data.images import ImageLoadError, ImageTransform, load_image
 from gramprompt.data.pairs import ImageTextPair, PairSource
+from gramprompt.tuning.features import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class FeatureExtractor:
         self.config = config or FeatureConfig()
         self.fast = fast
         self._shared: bool | None = None  # shares_text_tower, decided at the first shard
+        self._fingerprint: str | None = None  # backbone_fingerprint, for shard reuse
 
     def run_shard(self, source: PairSource, index: int, out: str | os.PathLike) -> dict[str, int]:
         """Extract shard ``index`` into ``out`` unless it is already there; returns its counts."""
@@ -125,12 +129,25 @@ class FeatureExtractor:
         shard = source.read_shard(index)
         counts: Counter[str] = Counter(shard.counts)
         counts.pop("pairs", None)
+        digest = reuse.shard_digest(self._reuse_settings(), shard.pairs, dict(counts)) if self.config.reuse else None
+        if digest is not None and reuse.fetch(digest, out, index):
+            return shard_counts(out, index)
         compute = self.features_fast if self.fast else self.features_reference
         pairs, img, txt, sim, stems = compute(shard.pairs, counts)
         counts["pairs"] = len(pairs)
         dtype = np.dtype(self.config.dtype)
         write_shard(out, index, img.astype(dtype), txt.astype(dtype), _rows(pairs, sim), dict(counts), stems)
+        if digest is not None:
+            reuse.keep(digest, out, index)
         return dict(counts)
+
+    def _reuse_settings(self) -> dict:
+        """What a shard's files depend on besides its pairs (``chc.reuse``)."""
+        if self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.backbone)
+        features = {k: v for k, v in asdict(self.config).items() if k not in ("batch_size", "reuse")}
+        return {"backbone": self._fingerprint, "features": features, "fast": self.fast,
+                "stems": bool(self.config.stems and self.backbone.cache_stems)}
 
     def _stem_parts(self) -> list[np.ndarray] | None:
         return [] if self.config.stems and self.backbone.cache_stems else None

@@ -76,6 +76,12 @@ def write_shard(root: str | os.PathLike, index: int, image: np.ndarray, text: np
     os.replace(tmp, paths["meta"])
 
 
+def shard_counts(root: str | os.PathLike, index: int) -> dict[str, int]:
+    """A complete shard's counts (pairs kept, and what the source and extraction skipped)."""
+    meta = pq.read_schema(shard_paths(Path(root), index)["meta"]).metadata or {}
+    return json.loads(meta.get(b"counts", b"{}"))
+
+
 def holds_shards(root: str | os.PathLike) -> bool:
     """Whether ``root`` holds any shard file, complete or not (a killed run's arrays included)."""
     return any(p.is_file() for kind in ("img", "text", "stem", "meta")
@@ -150,8 +156,7 @@ class FeatureStore:
         """Skip counts summed over shards."""
         total: Counter[str] = Counter()
         for s in self.shards:
-            meta = pq.read_schema(shard_paths(self.root, s.index)["meta"]).metadata or {}
-            total.update(json.loads(meta.get(b"counts", b"{}")))
+            total.update(shard_counts(self.root, s.index))
         return dict(sorted(total.items()))
 
     def chunks(self, kind: str, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:

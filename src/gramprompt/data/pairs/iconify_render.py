@@ -1,17 +1,20 @@
-"""Rasterizing Iconify icons once into a shard cache that CHC reads.
+"""Rasterizing Iconify icons on demand into a cache that CHC reads.
 
-Each icon set is rendered in chunks of ``CHUNK`` icons (sorted by name) to one uncompressed tar of
-PNGs per chunk, plus a JSON sidecar with each image's picture hash and pixel digest (and its thumbnail in a
-``.thumbs.npy`` beside it). The sidecar
-is written last and atomically, so it marks a finished chunk: a killed run redoes only unfinished
-chunks, and every selection of sets shares the renders. Chunks run in a process pool with a
-progress bar.
+Icons are rendered in batches of at most ``CHUNK`` icons of one set, to one uncompressed tar of PNGs
+per batch plus a JSON sidecar: each image's picture hash and pixel digest (its thumbnail in a
+``.thumbs.npy`` beside it), and the icons that gave no image (blank, or a render error) with the
+reason. The sidecar is written last and atomically, so it marks a finished batch; a set's rendered
+icons are the union of its sidecars. Only icons no sidecar names are rendered: ``iconify:N`` renders
+about the N icons it needs, a later larger corpus renders only what it adds, a killed run redoes only
+unfinished batches, and every selection of sets shares the renders. Batches run in a process pool
+with a progress bar.
 
 The rasterizer is resvg (PyPI ``resvg-py``, Rust, no system library), chosen over CairoSVG and
 PyMuPDF by ``benchmarks/bench_svg_render.py`` (speed and agreement on a seeded sample of icons).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,16 +25,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gramprompt.data.image_hash import picture_hash, pixel_digest, thumbnail
+from gramprompt.data.image_hash import THUMB, picture_hash, pixel_digest, thumbnail
 from gramprompt.data.pairs.iconify import IconSet, read_set, set_icons
 
 CHUNK = 1000
-RENDER_VERSION = 4  # bump when the SVG built for an icon or the rendering changes
+RENDER_VERSION = 5  # bump when the SVG built for an icon, the rendering or the cache layout changes
 
 
 class RenderError(RuntimeError):
@@ -107,45 +111,48 @@ class RenderSpec:
         return cache / f"v{RENDER_VERSION}-{package}" / f"{self.renderer}-{self.size}"
 
 
-def chunk_paths(folder: Path, prefix: str, index: int) -> tuple[Path, Path]:
-    """A chunk's tar of PNGs and its sidecar (written last: the chunk is finished when it exists)."""
-    base = folder / prefix / f"{index:05d}"
+def batch_paths(folder: Path, prefix: str, names: Sequence[str]) -> tuple[Path, Path]:
+    """A batch's tar of PNGs and its sidecar (written last: the batch is finished when it exists),
+    named by the icons it holds, so a rerun after a kill forms and finds the same batch."""
+    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+    base = folder / prefix / digest
     return base.with_suffix(".tar"), base.with_suffix(".json")
 
 
 def thumbs_path(sidecar: Path) -> Path:
-    """The chunk's ``image_hash.thumbnail`` rows, in sidecar order."""
+    """The batch's ``image_hash.thumbnail`` rows, in sidecar order."""
     return sidecar.with_suffix(".thumbs.npy")
 
 
 @lru_cache(maxsize=4)
-def _set_data(root: str, prefix: str) -> dict:
-    return read_set(Path(root), prefix)
+def _set_icons(spec: RenderSpec, iconset: IconSet) -> dict[str, str]:
+    """name -> SVG of every drawable icon of a set (one worker renders several batches of a set)."""
+    data = read_set(Path(spec.root), iconset.prefix)
+    return {icon.meta["name"]: icon.svg for icon in set_icons(data, iconset, spec.size, spec.drop_style)}
 
 
-def render_chunk(job: tuple[RenderSpec, IconSet, int, str]) -> dict[str, int]:
-    """Render chunk ``index`` of one set into ``folder`` unless its sidecar exists; returns counts."""
-    spec, iconset, index, folder = job
-    tar_path, side_path = chunk_paths(Path(folder), iconset.prefix, index)
+def render_batch(job: tuple[RenderSpec, IconSet, tuple[str, ...], str]) -> dict[str, int]:
+    """Render the named icons of one set into ``folder`` unless their sidecar exists; returns counts."""
+    spec, iconset, names, folder = job
+    tar_path, side_path = batch_paths(Path(folder), iconset.prefix, names)
     if side_path.exists():
         return {}
     render = RENDERERS[spec.renderer]
-    icons = set_icons(_set_data(spec.root, iconset.prefix), iconset, spec.size, spec.drop_style)[index * CHUNK:(index + 1) * CHUNK]
+    svgs = _set_icons(spec, iconset)
     counts: Counter[str] = Counter()
-    side: dict[str, list] = {"name": [], "hash": [], "digest": []}
+    side: dict[str, Any] = {"name": [], "hash": [], "digest": [], "skipped": {}}
     thumbs = []
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tar_path.with_suffix(".tar.tmp")
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for icon in icons:
-            name = icon.meta["name"]
+        for name in names:
             try:
-                img = render(icon.svg, spec.size)
+                img = render(svgs[name], spec.size)
             except RenderError:
-                counts["render_error"] += 1
+                side["skipped"][name] = "render_error"
                 continue
             if is_blank(img):
-                counts["blank_render"] += 1
+                side["skipped"][name] = "blank_render"
                 continue
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=3)
@@ -157,42 +164,58 @@ def render_chunk(job: tuple[RenderSpec, IconSet, int, str]) -> dict[str, int]:
             side["hash"].append(f"{picture_hash(img):064x}")
             thumbs.append(thumbnail(img))
             side["digest"].append(pixel_digest(img))
+    counts.update(side["skipped"].values())
     os.replace(tmp, tar_path)
-    np.save(thumbs_path(side_path), np.asarray(thumbs, np.uint8).reshape(len(thumbs), -1))
-    side["counts"] = dict(counts)
+    np.save(thumbs_path(side_path), np.asarray(thumbs, np.uint8).reshape(len(thumbs), THUMB * THUMB))
     side_tmp = side_path.with_suffix(".json.tmp")
     side_tmp.write_text(json.dumps(side))
     os.replace(side_tmp, side_path)
     return dict(counts)
 
 
-def num_chunks(num_icons: int) -> int:
-    return max(1, -(-num_icons // CHUNK))
+@dataclass
+class Rendered:
+    """One rendered icon: where its PNG is, its picture hash, pixel digest and thumbnail."""
+
+    tar: str
+    hash: str
+    digest: str
+    thumb: np.ndarray
 
 
-def render_sets(spec: RenderSpec, sets: Sequence[IconSet], sizes: dict[str, int], folder: Path,
-                workers: int | None = None) -> None:
-    """Render every unfinished chunk of ``sets`` (``sizes``: drawable icons per set) into ``folder``."""
-    jobs = [(spec, s, i, str(folder)) for s in sets for i in range(num_chunks(sizes[s.prefix]))
-            if not chunk_paths(folder, s.prefix, i)[1].exists()]
+def read_renders(folder: Path, prefix: str) -> tuple[dict[str, Rendered], dict[str, str]]:
+    """Every finished batch of a set: name -> :class:`Rendered`, and name -> why it gave no image."""
+    done: dict[str, Rendered] = {}
+    skipped: dict[str, str] = {}
+    for side_path in sorted((folder / prefix).glob("*.json")):
+        side = json.loads(side_path.read_text())
+        thumbs = np.load(thumbs_path(side_path))
+        tar = str(side_path.with_suffix(".tar"))
+        for name, ph, dg, th in zip(side["name"], side["hash"], side["digest"], thumbs, strict=True):
+            done[name] = Rendered(tar, ph, dg, th)
+        skipped.update(side.get("skipped", {}))
+    return done, skipped
+
+
+def render_missing(spec: RenderSpec, needs: dict[IconSet, Sequence[str]], folder: Path,
+                   workers: int | None = None) -> None:
+    """Render the icons of ``needs`` (set -> names) that no finished batch of ``folder`` holds."""
+    jobs = []
+    for iconset, names in needs.items():
+        done, skipped = read_renders(folder, iconset.prefix)
+        missing = sorted(set(names) - done.keys() - skipped.keys())
+        jobs += [(spec, iconset, tuple(missing[i:i + CHUNK]), str(folder)) for i in range(0, len(missing), CHUNK)]
     if not jobs:
         return
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc=f"render icons ({spec.renderer}, {spec.size}px)", unit="chunk")
+    bar = tqdm(total=sum(len(j[2]) for j in jobs), desc=f"render icons ({spec.renderer}, {spec.size}px)", unit="icon")
     if workers == 1:
         for job in jobs:
-            render_chunk(job)
-            bar.update()
+            render_batch(job)
+            bar.update(len(job[2]))
     else:
-        # sets are rendered in order, so each worker's set cache (_set_data) is reused across chunks
+        # jobs go in set order, so each worker's set cache (_set_icons) is reused across a set's batches
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(render_chunk, jobs, chunksize=1):
-                bar.update()
+            for job, _ in zip(jobs, pool.map(render_batch, jobs, chunksize=1), strict=True):
+                bar.update(len(job[2]))
     bar.close()
-
-
-def read_sidecar(folder: Path, prefix: str, index: int) -> tuple[dict, np.ndarray]:
-    side = chunk_paths(folder, prefix, index)[1]
-    return json.loads(side.read_text()), np.load(thumbs_path(side))
-
-

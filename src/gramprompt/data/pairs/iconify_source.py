@@ -1,14 +1,19 @@
 """The ``iconify`` pair source: selected, rendered, de-duplicated Iconify icons, with no evaluation image.
 
 ``iconify[:N][?key=value&...]`` names a corpus completely (so a feature store records exactly which
-pairs it holds); ``gram chc`` flags such as ``--exclude-images`` add to it. Opening the source the
-first time renders what is missing (``iconify_render``), then:
+pairs it holds); ``gram chc`` flags such as ``--exclude-images`` add to it. The selected sets' icons
+are put in one seeded random order and walked in blocks; each block is rendered where it is not yet
+(``iconify_render``), then
 
-1. removes every icon whose thumbnail is within ``match`` grey levels (RMS) of an image of a shipped
-   evaluation set (``data.exclusion``) or of an image under an ``exclude-images`` folder;
-2. removes exact duplicates (equal pixels) and near duplicates (picture hash within ``dedupe`` bits)
-   of an icon earlier in key order: a style variant that the hash calls the same picture is one pair;
-3. keeps ``N`` of the rest (a seeded permutation's prefix, so ``iconify:N`` corpora are nested).
+1. every icon whose thumbnail is within ``match`` grey levels (RMS) of an image of a shipped
+   evaluation set (``data.exclusion``) or of an image under an ``exclude-images`` folder is removed;
+2. exact duplicates (equal pixels) and near duplicates (picture hash within ``dedupe`` bits) of an
+   icon earlier in that order are removed: a style variant that the hash calls the same picture is one pair;
+3. the walk stops once ``N`` pairs are kept (all icons without ``N``).
+
+Whether an icon is kept depends only on the icons before it, so ``iconify:N`` is exactly the first N
+pairs of ``iconify`` in that order: corpora of one seed are nested (each a prefix of the next), and a
+small corpus renders only about the icons it needs.
 
 What each step removed, and every set's licence and author, is in ``report()`` (``gram chc`` writes it
 to ``features/source.json``). The result is cached per selection, so workers reopen it at once.
@@ -29,10 +34,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from gramprompt.data.dataset import DatasetError
-from gramprompt.data.image_hash import NearIndex, nearest_within, thumbnail_files
+from gramprompt.data.image_hash import THUMB, NearIndex, nearest_within, thumbnail_files
 from gramprompt.data.pairs._cache import _read_json, _write_json
 from gramprompt.data.pairs.base import ImageTextPair, PairShard, _tar_index, clean_caption
 from gramprompt.data.pairs.iconify import (
+    IconSet,
     Selection,
     find_iconify_root,
     read_collections,
@@ -40,8 +46,7 @@ from gramprompt.data.pairs.iconify import (
     select_sets,
     set_icons,
 )
-from gramprompt.data.pairs.iconify_render import RENDERERS, RenderSpec, chunk_paths, num_chunks, read_sidecar, \
-    render_sets
+from gramprompt.data.pairs.iconify_render import CHUNK, RENDERERS, RenderSpec, read_renders, render_missing
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ logger = logging.getLogger(__name__)
 MATCH_DISTANCE = 12.0  # an evaluation image redrawn by an icon set: removed (erring towards removal) when
 MATCH_CORRELATION = 0.95  # its thumbnail is also this correlated (same picture 0.995+; pale look-alikes less)
 DEDUPE_DISTANCE = 0  # two icons of the corpus that are the same picture
-SELECTION_VERSION = 2
+SELECTION_VERSION = 3
 
 _LIST_KEYS = {"sets", "categories", "licenses", "exclude-sets", "exclude-images"}
 _INT_KEYS = {"seed", "size", "dedupe"}
@@ -152,7 +157,7 @@ def exclusion_summary(report: dict[str, Any]) -> str:
     c, ev = report["counts"], report["excluded_by_evaluation_set"]
     per_set = ", ".join(f"{k} {v}" for k, v in ev["removed"].items()) or "none"
     lines = [f"{report.get('spec', 'iconify')}: {report.get('pairs', c.get('pairs'))} pairs from {len(report['sets'])} sets "
-             f"({c.get('rendered', 0)} icons rendered)",
+             f"(the first {c.get('scanned', 0)} of {c.get('candidates', 0)} icons in corpus order)",
              f"  removed: evaluation images {c.get('excluded_evaluation', 0)} ({per_set}); your --exclude-images "
              f"{c.get('excluded_user_images', 0)}; exact duplicates {c.get('duplicate_exact', 0)}; same-hash "
              f"duplicates {c.get('duplicate_near', 0)}; blank {c.get('blank_render', 0)}; render errors "
@@ -187,14 +192,15 @@ def _cache_root(cache: str | os.PathLike | None) -> Path:
 
 def build_selection(opts: IconifyOptions, cache: str | os.PathLike | None = None, workers: int | None = None,
                     evaluation: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Render, exclude, de-duplicate (all N): ``{"entries": [...], "report": {...}}``, cached.
+    """Order, render, exclude, de-duplicate until ``opts.n`` pairs are kept: ``{"entries": [...],
+    "report": {...}}``, entries in corpus order, cached per options.
 
-    ``evaluation``: ``{name: hashes}`` to exclude instead of the shipped evaluation sets (tests)."""
+    ``evaluation``: ``{name: thumbnails}`` to exclude instead of the shipped evaluation sets (tests)."""
     cache = _cache_root(cache)
     root = find_iconify_root(opts.root)
     spec = RenderSpec(str(root), opts.size, opts.renderer, opts.style == "drop")
     folder = spec.folder(cache / "renders")
-    key = {"v": SELECTION_VERSION, "folder": str(folder), **asdict(replace(opts, n=None, seed=0, root=str(root))),
+    key = {"v": SELECTION_VERSION, "folder": str(folder), **asdict(replace(opts, root=str(root))),
            "exclude_digest": _folder_digest(opts.exclude_images),
            "evaluation": None if evaluation is None else sorted((k, hashlib.sha1(v.tobytes()).hexdigest())
                                                                 for k, v in evaluation.items())}
@@ -208,40 +214,34 @@ def build_selection(opts: IconifyOptions, cache: str | os.PathLike | None = None
     if sel.licenses == ("*",):
         sel = replace(sel, licenses=tuple(sorted({s.license for s in all_sets})))
     sets = select_sets(all_sets, sel, counts)
-    entries: list[dict[str, Any]] = []
+    candidates: list[tuple[str, str, dict, IconSet]] = []
     sizes: dict[str, int] = {}
-    by_set: dict[str, list] = {}
     for s in sets:
         icons = set_icons(read_set(root, s.prefix), s, opts.size, opts.style == "drop", counts)
         sizes[s.prefix] = len(icons)
-        by_set[s.prefix] = [(i.key, i.caption, i.meta) for i in icons]
-    render_sets(spec, sets, sizes, folder, workers)
-    thumbs = []
-    for s in sets:
-        info = {meta["name"]: (caption, meta) for _, caption, meta in by_set.pop(s.prefix)}
-        for c in range(num_chunks(sizes[s.prefix])):
-            side, chunk_thumbs = read_sidecar(folder, s.prefix, c)
-            thumbs.append(chunk_thumbs)
-            counts.update(side.get("counts", {}))
-            tar = str(chunk_paths(folder, s.prefix, c)[0])
-            for name, ph, dg in zip(side["name"], side["hash"], side["digest"], strict=True):
-                caption, meta = info[name]
-                entries.append({"key": f"iconify/{s.prefix}/{name}", "caption": caption, "meta": meta,
-                                "tar": tar, "member": f"{name}.png", "hash": ph, "digest": dg, "row": len(entries)})
-    counts["rendered"] = len(entries)
-    entries.sort(key=lambda e: e["key"])
-    thumbs = np.concatenate(thumbs) if thumbs else np.zeros((0, 256), np.uint8)
-    entries, excluded = _exclude(entries, thumbs, opts, cache, evaluation, counts)
-    entries = _dedupe(entries, opts.dedupe, counts)
-    kept = []
-    for e in entries:
-        caption, problem = clean_caption(e["caption"])
-        if caption is None:
-            counts[problem] += 1
-            continue
-        kept.append({k: v for k, v in e.items() if k not in ("hash", "digest", "row")} | {"caption": caption})
+        candidates += [(f"iconify/{s.prefix}/{i.meta['name']}", i.caption, i.meta, s) for i in icons]
+    candidates.sort(key=lambda c: c[0])
+    order = np.random.default_rng(opts.seed).permutation(len(candidates))
+    refs, excluded = _exclusion_refs(opts, cache, evaluation, counts)
+    walk = _Walk(opts, refs)
+    pos = 0
+    while pos < len(order) and not walk.done():
+        # a block a little larger than what is missing (about a fifth of the icons are removed)
+        step = len(order) if opts.n is None else max(CHUNK, math.ceil(1.25 * (opts.n - len(walk.kept))))
+        block = [candidates[i] for i in order[pos:pos + step]]
+        pos += len(block)
+        needs: dict[IconSet, list[str]] = {}
+        for _, _, meta, s in block:
+            needs.setdefault(s, []).append(meta["name"])
+        render_missing(spec, needs, folder, workers)
+        renders = {s.prefix: read_renders(folder, s.prefix) for s in needs}
+        walk.add(block, renders)
+    kept = walk.kept
+    counts.update(walk.counts)
+    counts["candidates"] = len(candidates)
     counts["pairs"] = len(kept)
-    report = {"package_root": str(root), "renders": str(folder), "options": asdict(replace(opts, n=None)),
+    excluded["removed"] = dict(sorted(walk.owners.items()))
+    report = {"package_root": str(root), "renders": str(folder), "options": asdict(opts),
               "counts": dict(sorted(counts.items())), "excluded_by_evaluation_set": excluded,
               "sets": [s.attribution() | {"icons": sizes[s.prefix]} for s in sets]}
     result = {"entries": kept, "report": report}
@@ -249,60 +249,97 @@ def build_selection(opts: IconifyOptions, cache: str | os.PathLike | None = None
     return result
 
 
-def _exclude(entries: list[dict], thumbs: np.ndarray, opts: IconifyOptions, cache: Path,
-             evaluation: dict[str, np.ndarray] | None, counts: Counter[str]) -> tuple[list[dict], dict[str, Any]]:
-    """Drop icons matching an evaluation image (shipped sets, then ``exclude_images``)."""
+@dataclass
+class _Refs:
+    """The thumbnails an icon must not match: the evaluation sets' (with each one's set name) and the user's."""
+
+    evaluation: np.ndarray
+    owner: list[str]
+    user: np.ndarray | None
+
+
+def _exclusion_refs(opts: IconifyOptions, cache: Path, evaluation: dict[str, np.ndarray] | None,
+                    counts: Counter[str]) -> tuple[_Refs, dict[str, Any]]:
     from gramprompt.data.exclusion import evaluation_hashes
 
     missing: dict[str, str] = {}
     if evaluation is None:
         evaluation, missing = evaluation_hashes(cache / "evaluation")
     names = sorted(evaluation)
-    refs = np.concatenate([evaluation[n] for n in names]) if names else np.zeros((0, thumbs.shape[1]), np.uint8)
-    owner = np.repeat(np.arange(len(names)), [len(evaluation[n]) for n in names])
-    queries = thumbs[[e["row"] for e in entries]] if entries else thumbs[:0]
-    hit = nearest_within(queries, refs, opts.match, opts.match_corr)
-    user_hit = np.full(len(entries), -1)
+    refs = np.concatenate([evaluation[n] for n in names]) if names else np.zeros((0, THUMB * THUMB), np.uint8)
+    owner = [n for n in names for _ in range(len(evaluation[n]))]
+    user = None
     if opts.exclude_images:
         user, files, bad = thumbnail_files(opts.exclude_images)
-        user_hit = nearest_within(queries, user, opts.match, opts.match_corr)
         counts["exclude_images_files"] = len(files)
         counts["exclude_images_unreadable"] = bad
-    per_set = Counter(names[owner[i]] for i in hit[hit >= 0])
-    counts["excluded_user_images"] = int(((hit < 0) & (user_hit >= 0)).sum())
-    kept = [e for e, a, b in zip(entries, hit, user_hit) if a < 0 and b < 0]
-    counts["excluded_evaluation"] = sum(per_set.values())
-    report = {"removed": dict(sorted(per_set.items())), "hashed_images": {k: int(len(v)) for k, v in evaluation.items()},
+    report = {"removed": {}, "hashed_images": {k: int(len(v)) for k, v in evaluation.items()},
               "not_installed": missing, "match_distance": opts.match, "match_correlation": opts.match_corr}
-    return kept, report
+    return _Refs(refs, owner, user), report
 
 
-def _dedupe(entries: list[dict], max_distance: int, counts: Counter[str]) -> list[dict]:
-    """Keep the first (key order) of each group of equal pictures: same pixels, or hashes within
-    ``max_distance`` of a kept one."""
-    seen: set[str] = set()
-    index = NearIndex(max_distance)
-    kept = []
-    for e in entries:
-        if e["digest"] in seen:
-            counts["duplicate_exact"] += 1
-            continue
-        seen.add(e["digest"])
-        h = int(e["hash"], 16)
-        if index.nearest(h)[0] >= 0:
-            counts["duplicate_near"] += 1
-            continue
-        index.add(h)
-        kept.append(e)
-    return kept
+class _Walk:
+    """Icons in corpus order through exclusion, de-duplication and caption cleaning, stopping at the
+    ``opts.n``-th kept pair, so that what it counts is what the corpus's own icons lost."""
 
+    def __init__(self, opts: IconifyOptions, refs: _Refs):
+        self.opts, self.refs = opts, refs
+        self.kept: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()  # removals, by rule
+        self.owners: Counter[str] = Counter()  # evaluation removals, by evaluation set
+        self._seen: set[str] = set()
+        self._index = NearIndex(opts.dedupe)
 
-def nested_subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` of ``n_total`` items: a prefix of one seeded permutation, so a smaller
-    subset is always inside a larger one of the same seed."""
-    if n is None or n >= n_total:
-        return np.arange(n_total)
-    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+    def done(self) -> bool:
+        return self.opts.n is not None and len(self.kept) >= self.opts.n
+
+    def add(self, block: list[tuple[str, str, dict, IconSet]], renders: dict) -> None:
+        drawn = []
+        for key, caption, meta, s in block:
+            done, skipped = renders[s.prefix]
+            name = meta["name"]
+            if name in done:
+                drawn.append((key, caption, meta, done[name]))
+            else:  # no image: counted where the walk gets there
+                drawn.append((key, caption, meta, skipped.get(name, "render_error")))
+        images = [d for d in drawn if not isinstance(d[3], str)]
+        thumbs = np.stack([d[3].thumb for d in images]) if images else np.zeros((0, THUMB * THUMB), np.uint8)
+        hit = dict(zip((d[0] for d in images), nearest_within(thumbs, self.refs.evaluation, self.opts.match,
+                                                              self.opts.match_corr), strict=True))
+        user_hit: dict[str, int] = {}
+        if self.refs.user is not None:
+            user_hit = dict(zip((d[0] for d in images), nearest_within(thumbs, self.refs.user, self.opts.match,
+                                                                       self.opts.match_corr), strict=True))
+        for key, caption, meta, r in drawn:
+            if self.done():
+                return
+            self.counts["scanned"] += 1
+            reason = self._removal(key, r, hit, user_hit)
+            if reason is None:
+                caption, problem = clean_caption(caption)
+                if caption is None:
+                    reason = problem
+            if reason is not None:
+                self.counts[reason] += 1
+                continue
+            self.kept.append({"key": key, "caption": caption, "meta": meta, "tar": r.tar, "member": f"{meta['name']}.png"})
+
+    def _removal(self, key: str, r, hit: dict[str, int], user_hit: dict[str, int]) -> str | None:
+        if isinstance(r, str):
+            return r
+        if hit[key] >= 0:
+            self.owners[self.refs.owner[hit[key]]] += 1
+            return "excluded_evaluation"
+        if user_hit.get(key, -1) >= 0:
+            return "excluded_user_images"
+        if r.digest in self._seen:
+            return "duplicate_exact"
+        self._seen.add(r.digest)
+        h = int(r.hash, 16)
+        if self._index.nearest(h)[0] >= 0:
+            return "duplicate_near"
+        self._index.add(h)
+        return None
 
 
 # --------------------------------------------------------------------------- the source
@@ -319,8 +356,7 @@ class IconifyPairSource:
         self.options = parse_iconify_spec(spec)
         self.shard_size = shard_size
         built = build_selection(self.options, cache, workers, evaluation)
-        entries = built["entries"]
-        self.entries = [entries[i] for i in nested_subset(len(entries), self.options.n, self.options.seed)]
+        self.entries = built["entries"]
         self._report = built["report"]
 
     def __len__(self) -> int:
