@@ -139,6 +139,14 @@ def cmd_drift(a: argparse.Namespace) -> int:
 def cmd_figure(a: argparse.Namespace) -> int:
     from .eval import figures
 
+    if a.figure == "scale":
+        from .experiments.config import load_experiment
+        from .experiments.scale import scale_figure, scale_points, scale_table
+
+        points = scale_points([load_experiment(c, a.set) for c in a.configs])
+        print(scale_table(points))
+        print(f"wrote {figures.save(scale_figure(points, a.title), a.out)}")
+        return 0
     missing = [d for d in a.dirs if not Path(d).is_dir()]
     if missing:
         raise FileNotFoundError(f"no such run folder: {', '.join(map(str, missing))}")
@@ -367,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
             f.add_argument("--smooth", type=int, default=1, metavar="K",
                            help="trailing moving average over K logged points (default 1: none)")
         f.set_defaults(fn=cmd_figure)
+    text = "GRAM's gain against meta-training corpus size: ΔBase, ΔNew, ΔH with their paired intervals (and a table)"
+    f = figs.add_parser("scale", help=text, description=text)
+    f.add_argument("configs", nargs="+", metavar="CONFIG",
+                   help="experiment configs, one per corpus size (e.g. offline/scale/openclipart offline/scale/iconify-10k)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
+    f.add_argument("--out", required=True, type=Path, help="image to write, e.g. scale.png")
+    f.add_argument("--title", default=None, help="replace the default title")
+    f.set_defaults(fn=cmd_figure)
 
     p = sub.add_parser("zeroshot", help="zero-shot accuracy on all classes of datasets, with chance level")
     _add_backbone_args(p)

@@ -336,6 +336,22 @@ def _holds(diffs: Sequence[HDiff | MeanDiff | None]) -> str:
     return "no"
 
 
+def compare_rows(runs: Sequence[dict], label: str, base: str, datasets: Sequence[str], *, replicates: int = 2000,
+                 level: float = 0.95, seed: int = 0) -> tuple[HDiff | str, list[tuple[int, HDiff | None]]]:
+    """Row ``label`` minus row ``base`` on ``datasets``: the paired bootstrap pooled over hierarchies (or why
+    the rows cannot be paired), and per hierarchy of the row."""
+    pooled = _pair_cells(runs, label, base, datasets)
+    if isinstance(pooled, str):
+        return pooled, []
+    d = paired_h_bootstrap(*pooled, replicates=replicates, level=level, rng=seed)
+    per: list[tuple[int, HDiff | None]] = []
+    for h in _hierarchies(s for s in runs if row_label(s) == label and s["dataset"] in datasets):
+        cells = _pair_cells(runs, label, base, datasets, keep=h)
+        per.append((h, None if isinstance(cells, str) else
+                    paired_h_bootstrap(*cells, replicates=replicates, level=level, rng=seed)))
+    return d, per
+
+
 def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[str, str, str, str]],
                        datasets: Sequence[str], *, replicates: int = 2000, level: float = 0.95,
                        seed: int = 0) -> str:
@@ -349,20 +365,14 @@ def significance_table(summaries: Sequence[dict], comparisons: Sequence[tuple[st
     pct = f"{100 * level:g}%"
     out, notes = [], []
     for label, title, base, base_title in comparisons:
-        pooled = _pair_cells(runs, label, base, datasets)
-        if isinstance(pooled, str):
-            notes.append(f"{title} vs {base_title}: {pooled}")
+        d, per = compare_rows(runs, label, base, datasets, replicates=replicates, level=level, seed=seed)
+        if isinstance(d, str):
+            notes.append(f"{title} vs {base_title}: {d}")
             a, b = _average(runs, label, datasets), _average(runs, base, datasets)
             points = ["–"] * 2 if a is None or b is None else [f"{a[0] - b[0]:+.2f} [–]", f"{a[1] - b[1]:+.2f} [–]"]
             h = "–" if a is None or b is None else f"{harmonic_mean(*a) - harmonic_mean(*b):+.2f} [–]"
             out.append([title, base_title, *points, h, "–", "n/a"])
             continue
-        d = paired_h_bootstrap(*pooled, replicates=replicates, level=level, rng=seed)
-        per: list[tuple[int, HDiff | None]] = []
-        for h in _hierarchies(s for s in runs if row_label(s) == label and s["dataset"] in datasets):
-            cells = _pair_cells(runs, label, base, datasets, keep=h)
-            per.append((h, None if isinstance(cells, str) else
-                        paired_h_bootstrap(*cells, replicates=replicates, level=level, rng=seed)))
         per_cell = "; ".join(f"h{h}: {_interval(x) if x else '–'}" for h, x in per) or "–"
         out.append([title, base_title, _with_interval(d.d_base, d.base_interval),
                     _with_interval(d.d_new, d.new_interval), _interval(d), per_cell, _holds([x for _, x in per])])
