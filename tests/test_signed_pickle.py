@@ -46,3 +46,40 @@ def test_another_key_is_refused_and_the_env_key_is_shared(tmp_path, monkeypatch)
     monkeypatch.setenv(signed_pickle.ENV, "not hex")
     with pytest.raises(GramError, match="hex"):
         signed_pickle.dump([1], tmp_path / "m.pkl")
+
+
+def test_a_full_disk_leaves_no_empty_key_and_an_empty_key_is_refused(tmp_path, monkeypatch):
+    """Reliability probe: a full disk at the first use left a 0-byte signing.key, used as the HMAC key for
+    good, so a planted pickle "signed" with the empty key ran on the next load."""
+    import errno
+    import hashlib
+    import hmac
+    import os
+
+    monkeypatch.setenv("GRAMPROMPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(signed_pickle.ENV, raising=False)
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        signed_pickle.dump([1], tmp_path / "m.pkl")
+    assert not (tmp_path / "cache" / "signing.key").exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # no temporary file left either
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    key = tmp_path / "cache" / "signing.key"
+    marker = tmp_path / "ran"
+    data = pickle.dumps(Planted(marker))
+    forged = signed_pickle.MAGIC + hmac.new(b"", data, hashlib.sha256).hexdigest().encode() + b"\n" + data
+    (tmp_path / "forged.pkl").write_bytes(forged)
+    for content in ("", "abc", "zz" * 32, "ab" * 8):  # empty, odd, not hex, too short
+        key.write_text(content)
+        with pytest.raises(GramError, match="empty or malformed"):
+            signed_pickle.load(tmp_path / "forged.pkl")
+    assert not marker.exists()
+    key.unlink()
+    signed_pickle.dump([2], tmp_path / "m.pkl")  # a new, whole key
+    assert len(bytes.fromhex(key.read_text())) == signed_pickle.KEY_BYTES and signed_pickle.load(tmp_path / "m.pkl") == [2]

@@ -28,22 +28,47 @@ def key_file() -> Path:
     return cache_dir() / "signing.key"
 
 
+KEY_BYTES = 32
+MIN_KEY_BYTES = 16
+
+
+def _parse_key(text: str, where: str) -> bytes:
+    """A key of at least ``MIN_KEY_BYTES`` bytes from hex; an empty or malformed one is refused (an empty
+    key would let anyone sign a pickle)."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) < MIN_KEY_BYTES:
+        raise GramError(f"{where} must hold a hex key of at least {MIN_KEY_BYTES} bytes; it is empty or malformed "
+                        f"(a write cut short, e.g. by a full disk?). Delete it to make a new key (pickles signed "
+                        f"with the old one are then computed again)")
+    return key
+
+
 def signing_key() -> bytes:
     """``$GRAMPROMPT_SIGNING_KEY``, else this machine's key (made on first use, readable by its owner only)."""
     if os.environ.get(ENV):
-        try:
-            return bytes.fromhex(os.environ[ENV])
-        except ValueError as err:
-            raise GramError(f"${ENV} must be a hex string") from err
+        return _parse_key(os.environ[ENV], f"${ENV}")
     path = key_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as f:  # two processes racing: O_EXCL lets one write, the other reads it
-        f.write(secrets.token_hex(32))
-    return bytes.fromhex(path.read_text().strip())
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a temporary name, then linked into place: the key file appears complete or not
+        # at all (a full disk leaves no empty key), and of two racing processes the first link wins
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return _parse_key(path.read_text(), str(path))
 
 
 def _mac(data: bytes) -> bytes:
