@@ -2,6 +2,8 @@
 after a kill, incremental transfer targets, and the tables."""
 from __future__ import annotations
 
+import re
+
 import json
 import signal
 import subprocess
@@ -134,6 +136,26 @@ def test_a_rows_fewshot_settings_merge_into_the_experiments_for_that_row_only(tm
 def test_bad_configs_fail_with_a_clear_message(override, message):
     with pytest.raises(ConfigError, match=message):
         load_experiment("offline/base2new", [override])
+
+
+@pytest.mark.parametrize("override,what", [
+    ("rows=[{label: ../../../x, method: coop}]", "row label '../../../x'"),
+    ("rows=[{label: /tmp/x, method: coop}]", "row label '/tmp/x'"),
+    ("rows=[{label: .hidden, method: coop}]", "row label '.hidden'"),
+    ("name=../../x", "name '../../x'"),
+    ("group=a/b", "group 'a/b'"),
+    ("variants={../../x: {method: coop}}", "variant '../../x'"),
+])
+def test_names_that_become_folders_cannot_leave_the_root(override, what):
+    """Reliability probe: labels, names, groups and variants went into paths unchecked and wrote outside root."""
+    with pytest.raises(ConfigError, match=re.escape(what) + " is used as a folder name"):
+        load_experiment("offline/base2new", [override])
+
+
+def test_two_datasets_with_one_folder_name_are_refused(tmp_path):
+    """Reliability probe: imagefolder:A/good and imagefolder:B/good shared every run folder (the first overwritten)."""
+    with pytest.raises(ConfigError, match="would share the run folder 'good'"):
+        load_experiment("offline/base2new", [f"datasets=[imagefolder:{tmp_path}/A/good, imagefolder:{tmp_path}/B/good]"])
 
 
 def test_missing_environment_variable_is_named(monkeypatch):

@@ -27,6 +27,8 @@ from ..meta.trainer import MetaConfig
 from ..prompts import METHODS, PromptConfig
 
 PROTOCOLS = ("base2new", "transfer")
+# names that become folders under an experiment's root (and file names): no separator, no "..", no hidden file
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]*")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -313,14 +315,25 @@ class Experiment:
         return out
 
     def _name_problems(self) -> list[str]:
-        """Unknown prompt methods and dataset specs that cannot name a dataset."""
+        """Unknown prompt methods, dataset specs that cannot name a dataset, and names that become folders
+        under ``root`` but could leave it or share one folder."""
         valid = ", ".join(METHODS)
-        out = [f"row {r.label!r}: unknown method {r.method!r} (valid: {valid})"
-               for r in self.rows if r.method not in METHODS]
+        out = [f"{what} {name!r} is used as a folder name: use letters, digits and . _ + @ = - only (no path "
+               "separators, no leading dot)" for what, name in self._folder_names() if not SAFE_NAME.fullmatch(name)]
+        folders = [spec_name(c) for c in self.columns]
+        out += [f"datasets {[c for c in self.columns if spec_name(c) == f]} would share the run folder {f!r}: give "
+                "one of them another folder name (e.g. rename its directory)" for f in sorted(set(folders))
+                if folders.count(f) > 1]
+        out += [f"row {r.label!r}: unknown method {r.method!r} (valid: {valid})"
+                for r in self.rows if r.method not in METHODS]
         out += [f"variant {n!r}: unknown method {v.method!r} (valid: {valid})"
                 for n, v in self.variants.items() if v.method not in METHODS]
         return out + [f"{key}: {spec!r}: {why}" for key, spec in self._dataset_specs(self.variants)
                       if (why := spec_problem(spec)) is not None]
+
+    def _folder_names(self) -> list[tuple[str, str]]:
+        return [("name", self.name), ("group", self.group), *(("row label", r.label) for r in self.rows),
+                *(("variant", v) for v in self.variants), *(("dataset folder", spec_name(c)) for c in (*self.columns, *([self.source] if self.source else [])))]
 
     def _settings_problems(self) -> list[str]:
         """The settings each job builds its config from: few-shot per row, CHC, meta-training per variant."""
