@@ -14,6 +14,7 @@ from .backbones import load_backbone
 from .backbones.registry import DTYPES, SPEC_FORMS, resolve_device
 from .data.registry import SPEC_FORMS as DATASET_FORMS
 from .data.registry import load_dataset
+from . import locks
 from .errors import USER_ERRORS, RunFolderError
 from .eval.protocols import FewShotConfig, base_to_new, run_config, transfer, zero_shot_all_classes
 from .eval.table import render, zero_shot_table
@@ -93,6 +94,7 @@ def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:
     """The run folder --out; the prompts of --init must not be among the files a rerun there replaces."""
     if a.init is not None and Path(a.out).resolve() in (init := Path(a.init).resolve(), *init.parents):
         raise RunFolderError(f"--init {a.init} lies inside --out {a.out}, where this run writes: use another --out")
+    locks.acquire(a.out, "a few-shot run")  # held until this command ends
     return RunDir.create(a.out, config, overwrite=a.overwrite)
 
 

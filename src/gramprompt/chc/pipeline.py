@@ -34,6 +34,7 @@ from gramprompt.chc.store import FeatureStore, holds_shards
 from gramprompt.chc.topic_words import ENGLISH_STOP_WORDS, count_words, merge_counts, name_topics
 from gramprompt.chc.topics import TopicModel, assign, fit_topics, nearest_centroid
 from gramprompt.errors import GramError
+from gramprompt.locks import writes
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ def _redo_features(features: Path) -> str:
     return f"delete {features} to extract the features again, or use another --out (or --features)"
 
 
+@writes("out", "gram chc")
 def run_chc(pairs: str, backbone_spec: str, out: str | os.PathLike, cfg: CHCConfig | None = None,
             executor: Executor | None = None, stage: str = "all", shard_index: int = 0, num_shards: int = 1,
             features: str | os.PathLike | None = None, device: str | None = None, backbone=None,

@@ -25,6 +25,7 @@ from ..backbones.registry import DTYPES, backbone_name, load_backbone, resolve_d
 from ..data.registry import load_dataset, spec_name
 from ..eval.evaluate import correct_bits
 from ..eval.metrics import accuracy_of
+from ..locks import writes
 from ..eval.protocols import (OWN, FewShotConfig, base_to_new, base_to_new_many, check_classnames, run_config,
                               target_correctness, sha256_of_test, transfer, transfer_many)
 from ..runs import CONFIG, RunDir, is_finished, read_summary
@@ -474,6 +475,7 @@ def _line(job: Job, s: dict | None) -> str:
 EXECUTORS = ("local", "ray")
 
 
+@writes("exp.root", "an experiment under this root")
 def run_experiment(exp: Experiment, *, jobs: int = 1, device: str | None = None,
                    worker: Worker | None = None, max_batch_runs: int = MAX_BATCH_RUNS, executor: str = "local",
                    address: str | None = None) -> dict[str, float]:

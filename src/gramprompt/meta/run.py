@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gramprompt.backbones.base import Backbone
+from gramprompt.locks import writes
 from gramprompt.backbones.registry import recorded_backbone
 from gramprompt.chc.config import DomainConfig
 from gramprompt.chc.domains import cluster_domains
@@ -97,6 +98,7 @@ def check_hierarchy_backbone(hierarchy: Hierarchy, source, backbone: Backbone) -
 RESUMABLE = tuple(f"meta.{k}" for k in MetaTrainer.RESUMABLE_CHANGES)
 
 
+@writes("out", "meta-training")
 def meta_train(source: str | os.PathLike, backbone: Backbone, method_name: str, out: str | os.PathLike,
                cfg: MetaConfig | None = None, prompt: PromptConfig | None = None,
                supervised: bool = False, overwrite: bool = False,
