@@ -442,3 +442,28 @@ def test_parallel_workers_get_the_costly_units_first(monkeypatch):
     assert "cocoop" in {u[0].row.method for u in units[:costly.count(True)]}  # B x C text passes: not left for last
     assert sum(len(u) for u in units) == len([j for j in jobs if j.kind == "run"])
     assert len(longest_first(exp, jobs)) == len(jobs)  # CHC jobs (no row) too: `gram demo --jobs 2` once crashed there
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: &x [1, 2]\nb: *x\n", "anchors and aliases"),
+    ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1'}]\n" for i in range(8)), "anchors and aliases"),
+    ("seeds: [1]\nseeds: [2]\n", "duplicate key 'seeds' \\(first at line 1\\)"),
+    ("rows: " + "[" * 200 + "]" * 200 + "\n", "nested deeper than 32"),
+    ("extends: 5\n", "extends must be a file name"),
+    ("extends: [null]\n", "extends must be a file name"),
+])
+def test_hostile_or_sloppy_yaml_is_refused_with_the_file_named(tmp_path, text, message):
+    """Reliability probe: a 1 KB billion-laughs YAML cost gigabytes, deep nesting raised RecursionError, a
+    duplicate key silently won, ``extends: 5`` raised TypeError."""
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("description: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8"):
+        load_experiment(path)

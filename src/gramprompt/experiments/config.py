@@ -445,20 +445,73 @@ def resolve_path(ref: str | os.PathLike) -> Path:
     raise ConfigError(f"no config {ref!r}: not a file, nor a packaged config ({', '.join(names)})")
 
 
+MAX_DEPTH = 32  # nesting of configs' mappings and lists; far deeper than any config, far below Python's recursion limit
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML for configs: no anchors or aliases (a kilobyte of nested aliases expands to gigabytes: the
+    "billion laughs"; ``extends`` shares settings instead), no duplicate keys (not "the last one wins"),
+    and no nesting deeper than ``MAX_DEPTH`` (refused before Python's recursion limit)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (*name) are not allowed in configs; "
+                                              "use extends to share settings", event.start_mark)
+        if self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """A config's YAML (``_StrictLoader``), errors naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from None
+
+
 def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The YAML with its ``extends`` chain merged (paths relative to the file that names them)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"extends cycle: {' -> '.join(map(str, (*seen, path)))}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it: {err.strerror or err}") from None
+    data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parents = data.pop("extends", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise ConfigError(f"{path}: extends must be a file name or a list of file names, got {parents!r}")
     merged: dict = {}
-    for parent in [parents] if isinstance(parents, str) else parents:
+    for parent in parents:
         merged = _merge(merged, read_raw(path.parent / parent, (*seen, path)))
     return _merge(merged, data)
 
@@ -469,7 +522,7 @@ def apply_override(data: dict, assignment: str) -> dict:
     if not sep or not key:
         raise ConfigError(f"override {assignment!r} is not KEY=VALUE (e.g. seeds=[1] or fewshot.tune.epochs=2)")
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {assignment}: not valid YAML ({' '.join(str(err).split())})") from err
     for part in reversed(key.split(".")):
