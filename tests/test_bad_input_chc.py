@@ -80,3 +80,27 @@ def test_gram_chc_rerun_with_another_shard_size_is_one_error_line(tiny_clip_dir,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gram:")]
     assert len(err) == 1 and "shard_size: 5 on disk, 4 now" in err[0]
     assert f"delete {out / 'features'}" in err[0]
+
+
+def test_json_nested_too_deeply_is_a_counted_bad_row_not_a_traceback(tmp_path):
+    """Reliability probe: ``[[[...]]]`` in captions.jsonl or a WebDataset .json member raised RecursionError."""
+    import io
+    import tarfile
+
+    from gramprompt.data.pairs import open_pair_source
+
+    deep = "[" * 100_000 + "]" * 100_000
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"path": "a.png", "caption": "a red square"}) + "\n" + deep + "\n")
+    shard = open_pair_source(f"folder:{tmp_path}").read_shard(0)
+    assert len(shard.pairs) == 1 and shard.counts["bad_row"] == 1
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name, data in (("k.png", png.getvalue()), ("k.txt", b"a red square"), ("k.json", deep.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard = open_pair_source(f"wds:{tmp_path}/s.tar").read_shard(0)
+    assert len(shard.pairs) == 1 and shard.pairs[0].meta == {} and shard.counts["bad_json"] == 1

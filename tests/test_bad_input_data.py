@@ -123,3 +123,12 @@ def test_coop_split_labels_reading_as_one_class_name_are_an_error(tmp_path: Path
     (folder / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
     with pytest.raises(DatasetError, match=r"labels 0 and 1 .* both read as class 'red car'"):
         load_coop("EuroSAT", tmp_path)
+
+
+def test_a_split_file_nested_too_deeply_is_a_dataset_error(tmp_path: Path) -> None:
+    """Reliability probe: ``[[[...]]]`` in a split file raised RecursionError."""
+    folder = tmp_path / "eurosat"
+    (folder / "2750").mkdir(parents=True)
+    (folder / "split_zhou_EuroSAT.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match="nested too deeply"):
+        load_coop("EuroSAT", tmp_path)

@@ -121,6 +121,8 @@ def _load_json_split(name: str, root: Path, layout: JsonLayout) -> Classificatio
         split = json.loads(split_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"split file is not valid JSON: {split_path}: {exc}") from exc
+    except RecursionError:
+        raise DatasetError(f"split file is nested too deeply to be a split: {split_path}") from None
     if not isinstance(split, dict) or not all(k in split for k in ("train", "test")):
         raise DatasetError(f"split file needs 'train' and 'test' lists: {split_path}")
 

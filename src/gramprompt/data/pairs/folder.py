@@ -71,7 +71,7 @@ def _jsonl_records(path: Path) -> Iterator[object]:
                 continue
             try:
                 record = json.loads(line.removeprefix(b"\xef\xbb\xbf"))  # tolerate a UTF-8 BOM
-            except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; nesting too deep
                 yield None
                 continue
             if not header_seen and isinstance(record, dict):

@@ -166,7 +166,7 @@ def _parse_meta(sample: _Sample) -> tuple[dict, bool]:
         return {}, False
     try:
         meta = json.loads(sample.files["json"][1])
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to parse
         return {}, True
     return (meta, False) if isinstance(meta, dict) else ({}, True)
 
