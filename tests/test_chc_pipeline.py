@@ -51,6 +51,9 @@ def test_store_reads_back_row_aligned(mixture):
     np.testing.assert_array_equal(store.gather("text", rows), chunks[rows])
     assert store.column("key")[251] == f"{251:09d}"
     assert store.counts() == {"pairs": N}
+    for bad in ([N], [-1]):  # reliability probe: hierarchy rows out of range raised IndexError
+        with pytest.raises(StoreError, match="outside the 900 rows"):
+            store.gather("text", np.array(bad))
 
 
 def test_topics_and_domains_are_recovered(mixture, hierarchy):

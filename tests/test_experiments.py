@@ -467,3 +467,8 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes("description: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8"):
         load_experiment(path)
+
+
+def test_an_unknown_dtype_is_a_config_error_not_a_keyerror_at_run_time():
+    with pytest.raises(ConfigError, match="dtype must be one of fp32, bf16, got 'fp64'"):
+        load_experiment("offline/base2new", ["dtype=fp64"])

@@ -169,6 +169,10 @@ class FeatureStore:
     def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """The given global rows of ``kind`` (float32), in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
+        bad = rows[(rows < 0) | (rows >= self.num_rows)]
+        if len(bad):
+            raise StoreError(f"rows {bad[:5].tolist()} are outside the {self.num_rows} rows of the feature store "
+                             f"{self.root} (a hierarchy made from another store?)")
         out = np.empty((len(rows), self.dim(kind)), dtype=np.float32)
         starts = np.array([s.offset for s in self.shards])
         shard_of = np.searchsorted(starts, rows, side="right") - 1

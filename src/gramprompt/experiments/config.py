@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..backbones.registry import DTYPES
 from ..chc.config import CHCConfig
 from ..data.dataset import DatasetError
 from ..data.registry import parse_spec, spec_name
@@ -295,6 +296,8 @@ class Experiment:
             out.append("a transfer experiment needs 'source' and 'targets'")
         if not self.seeds:
             out.append("seeds: needs at least one seed")
+        if self.dtype not in DTYPES:
+            out.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             out.append(f"duplicate row labels in {labels}")
