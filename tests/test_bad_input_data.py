@@ -132,3 +132,42 @@ def test_a_split_file_nested_too_deeply_is_a_dataset_error(tmp_path: Path) -> No
     (folder / "split_zhou_EuroSAT.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DatasetError, match="nested too deeply"):
         load_coop("EuroSAT", tmp_path)
+
+
+@pytest.mark.parametrize("first,second", [("Cat", "cat"), ("caf\u00e9", "cafe\u0301"), ("red__car", "red_car")])
+def test_class_names_one_tokenizer_cannot_tell_apart_are_an_error(tmp_path: Path, first: str, second: str) -> None:
+    """Reliability probe: Cat/cat, NFC/NFD café and red__car/red_car passed the duplicate-name check although
+    the CLIP tokenizer gives each pair identical prompts."""
+    _touch(tmp_path / "set", f"{first}/1.jpg", f"{second}/1.jpg", "dog/1.jpg")
+    with pytest.raises(DatasetError, match="both read as class"):
+        load_imagefolder(tmp_path / "set")
+
+
+def test_a_fifo_or_unreadable_image_is_skipped_and_an_unreadable_class_folder_is_an_error(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """Reliability probe: a FIFO named x.png blocked the run forever; a file without read permission was fatal;
+    an unreadable class folder was dropped from the label set as if it held no images. (Tests run as root,
+    which permissions do not stop, so the missing permission is simulated.)"""
+    import os
+
+    root = tmp_path / "set"
+    _touch(root, "cat/1.jpg", "cat/2.jpg", "cat/3.jpg", "dog/1.jpg", "dog/3.jpg", "dog/sub/2.jpg")
+    os.mkfifo(root / "cat" / "x.png")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).endswith("2.jpg") and real_access(p, mode))
+    ds = load_imagefolder(root, test_fraction=0.5)
+    files = sorted(os.path.relpath(s.source, root) for s in (*ds.train, *ds.test))
+    assert files == ["cat/1.jpg", "cat/3.jpg", "dog/1.jpg", "dog/3.jpg"]
+    assert "x.png: not a regular file" in caplog.text and "2.jpg: no permission" in caplog.text
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "access", real_access)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DatasetError, match="cannot read the folder .*sub: Permission denied"):
+        load_imagefolder(root)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample
+from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, prompt_key
 from gramprompt.data.imagefolder import is_image_file
 
 logger = logging.getLogger(__name__)
@@ -157,10 +157,11 @@ def _ordered_classnames(names: dict[int, str], source: Path) -> list[str]:
         raise DatasetError(f"labels in {source} are not 0..{len(names) - 1}; missing {missing[:10]}")
     label_of: dict[str, int] = {}
     for label in range(len(names)):
-        first = label_of.setdefault(names[label], label)
+        first = label_of.setdefault(prompt_key(names[label]), label)
         if first != label:
-            raise DatasetError(f"labels {first} and {label} in {source} both read as class {names[label]!r} "
-                               "(underscores read as spaces): merge or rename them")
+            raise DatasetError(f"labels {first} and {label} in {source} both read as class {prompt_key(names[label])!r} "
+                               "(underscores read as spaces; case, Unicode form and repeated spaces do not count): "
+                               "merge or rename them")
     return [names[i] for i in range(len(names))]
 
 

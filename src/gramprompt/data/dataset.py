@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,13 @@ class ClassificationDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+
+def prompt_key(name: str) -> str:
+    """What a class name is to a text encoder's tokenizer: Unicode-normalized (NFKC), case-folded, runs of
+    whitespace as one space (CLIP's tokenizer lower-cases, fixes Unicode and collapses whitespace). Two
+    class names with one key get identical prompts, so no classifier can tell them apart."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def samples_sha256(samples: Sequence[Sample]) -> str:

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, require_two_classes
+from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, prompt_key, require_two_classes
 from gramprompt.data.splits import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -35,15 +35,19 @@ def _class_names(folders: list[str], root: Path) -> list[str]:
     become two labels that no prompt can tell apart.
     """
     folder_of: dict[str, str] = {}
+    names = []
     for folder in folders:
         name = class_dirname_to_name(folder)
-        if name in folder_of:
+        key = prompt_key(name)
+        if key in folder_of:
             raise DatasetError(
-                f"class folders {folder_of[name]!r} and {folder!r} under {root} both read as class "
-                f"{name!r} (underscores read as spaces): merge them or rename one"
+                f"class folders {folder_of[key]!r} and {folder!r} under {root} both read as class "
+                f"{key!r} (underscores read as spaces; case, Unicode form and repeated spaces do not count): "
+                "merge them or rename one"
             )
-        folder_of[name] = folder
-    return list(folder_of)
+        folder_of[key] = folder
+        names.append(name)
+    return names
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
@@ -53,16 +57,28 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
     }
 
 
+def _unreadable_folder(err: OSError) -> None:
+    raise DatasetError(f"cannot read the folder {err.filename}: {err.strerror} (a class folder that cannot be read "
+                       "would silently drop its class)")
+
+
 def _image_files(class_dir: Path) -> list[str]:
-    """All image files under ``class_dir`` (recursive, sorted, hidden entries skipped)."""
+    """The readable regular image files under ``class_dir`` (recursive, sorted, hidden entries skipped).
+    Anything else with an image name (a FIFO or device would block a read forever; a file without read
+    permission would fail the run) is skipped with a warning; an unreadable sub-folder is an error."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=_unreadable_folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if not f.startswith(".") and is_image_file(f)
-        )
+        for f in sorted(filenames):
+            if f.startswith(".") or not is_image_file(f):
+                continue
+            path = os.path.join(dirpath, f)
+            if not os.path.isfile(path):
+                logger.warning("skipping %s: not a regular file", path)
+            elif not os.access(path, os.R_OK):
+                logger.warning("skipping %s: no permission to read it", path)
+            else:
+                found.append(path)
     return found
 
 
