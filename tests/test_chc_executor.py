@@ -98,3 +98,23 @@ def test_a_pool_outlives_the_thread_that_started_its_workers():
         with ThreadPoolExecutor(1) as thread:
             first = thread.submit(lambda: pool.submit(os.getpid).result()).result()
         assert pool.submit(os.getpid).result() == first
+
+
+def test_an_unreachable_ray_cluster_is_an_error_not_a_hang(tmp_path, capsys):
+    """Reliability probe: `--executor ray --ray-address 127.0.0.1:1` retried for ever."""
+    import time
+
+    from gramprompt.chc.executor import check_reachable
+    from gramprompt.cli import main
+    from gramprompt.errors import GramError
+
+    with pytest.raises(GramError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        check_reachable("127.0.0.1:1", timeout=2)
+    with pytest.raises(GramError, match="not host:port"):
+        check_reachable("nowhere")
+    check_reachable(None)  # left to Ray: start or join a local instance
+    start = time.perf_counter()
+    code = main(["chc", "--pairs", "openclipart", "--backbone", "default", "--out", str(tmp_path / "c"),
+                 "--executor", "ray", "--ray-address", "127.0.0.1:1"])
+    assert code == 2 and "cannot reach the Ray cluster" in capsys.readouterr().err
+    assert time.perf_counter() - start < 60

@@ -8,11 +8,13 @@ instead and each run any executor over their own part.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from gramprompt.errors import GramError
 from gramprompt.workers import process_pool
 
 
@@ -52,6 +54,25 @@ class ProcessExecutor:
             return [f.result() for f in tqdm(futures, desc=desc, disable=desc is None)]
 
 
+RAY_CONNECT_TIMEOUT = 15.0  # seconds; Ray itself retries an unreachable head for ever
+
+
+def check_reachable(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """Refuse a Ray address whose head node does not answer (``host:port`` or ``ray://host:port``; ``None``
+    and ``auto`` are left to Ray): ``ray.init`` would otherwise wait for it for ever."""
+    if address in (None, "", "auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise GramError(f"Ray address {address!r} is not host:port (or ray://host:port)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise GramError(f"cannot reach the Ray cluster at {address} within {timeout:g} s ({err.strerror or err}); "
+                        "is `ray start --head` running there, and is the port open?") from None
+
+
 class RayExecutor:
     """Ray tasks, on the cluster at ``address`` (None: start or join a local one).
 
@@ -73,6 +94,7 @@ class RayExecutor:
             env = {k: os.environ[k] for k in ("NUMBA_CACHE_DIR", "GRAMPROMPT_CACHE", "GRAMPROMPT_SIGNING_KEY") if k in os.environ}
             kwargs = {"include_dashboard": False, "log_to_driver": False,
                       "runtime_env": {"env_vars": env}, **(init_kwargs or {})}
+            check_reachable(address)
             ray.init(address=address, **kwargs)
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
