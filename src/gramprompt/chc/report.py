@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image
 from gramprompt.chc.hierarchy import Hierarchy
 from gramprompt.data.images import ImageLoadError
 from gramprompt.data.pairs import load_pair_image
+
+logger = logging.getLogger(__name__)
 
 
 def sizes_histogram(h: Hierarchy, path: Path) -> None:
@@ -43,6 +46,7 @@ def image_grid(h: Hierarchy, path: Path, topics: int = 6, domains: int = 3, per_
     width = label_w + domains * (per_domain * thumb + gap)
     grid = Image.new("RGB", (width, len(chosen) * (thumb + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
+    failed = 0
     for r, t in enumerate(chosen):
         y = 4 + r * (thumb + 4)
         draw.text((4, y + thumb // 2 - 6), f"{t.word} ({t.size})", fill="black")
@@ -54,7 +58,10 @@ def image_grid(h: Hierarchy, path: Path, topics: int = 6, domains: int = 3, per_
             for j, row in enumerate(sorted(pick)):
                 try:
                     img = load_pair_image(h.sources[row])
-                except ImageLoadError:
+                except (ImageLoadError, OSError) as err:
+                    failed += 1
+                    if failed == 1:
+                        logger.warning("report grid: cannot load %s (%s); its cell stays blank", h.sources[row], err)
                     continue
                 img.thumbnail((thumb, thumb))
                 grid.paste(img, (x0 + j * thumb + (thumb - img.width) // 2, y + (thumb - img.height) // 2))

@@ -152,8 +152,11 @@ def load_pair_image(source) -> Image.Image:
     pairs, whose bytes are not kept), or anything else ``load_image`` takes (e.g. arrays)."""
     if not isinstance(source, str):
         return load_image(source)
-    archive, sep, member = source.partition("#")
-    if sep and archive.endswith(".tar") and os.path.isfile(archive):
+    split = split_archive_source(source)
+    if split is None:
+        return load_image(source)
+    archive, member = split
+    if archive.endswith(".tar"):
         st = os.stat(archive)
         where = _tar_index(archive, st.st_mtime_ns, st.st_size).get(member)
         if where is None:
@@ -161,12 +164,36 @@ def load_pair_image(source) -> Image.Image:
         with open(archive, "rb") as f:
             f.seek(where[0])
             return load_image(f.read(where[1]))
-    return load_image(source)
+    with tarfile.open(archive) as tar:  # compressed: no offsets to seek to, the archive is read up to the member
+        for m in tar:
+            if m.name == member and m.isfile():  # the first copy, as the pair source read it
+                return load_image(tar.extractfile(m).read())
+    raise ImageLoadError(f"{member!r} is not a file in {archive}")
+
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def split_archive_source(source: str) -> tuple[str, str] | None:
+    """``ARCHIVE#MEMBER`` -> (archive, member) where ARCHIVE is an existing tar (its path may hold ``#`` too);
+    None for a plain path."""
+    at = source.find("#")
+    while at >= 0:
+        archive = source[:at]
+        if archive.endswith(ARCHIVE_SUFFIXES) and os.path.isfile(archive):
+            return archive, source[at + 1:]
+        at = source.find("#", at + 1)
+    return None
 
 
 @functools.lru_cache(maxsize=512)  # CC3M has 332 shards
 def _tar_index(archive: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]]:
     """member -> (data offset, size) of an uncompressed tar, read once per archive version: finding a member
-    with ``tarfile`` reads every header before it (~0.6 s per image in a 10k-sample shard), a seek does not."""
+    with ``tarfile`` reads every header before it (~0.6 s per image in a 10k-sample shard), a seek does not.
+    A member name held twice maps to its first copy, the one the pair sources read."""
+    index: dict[str, tuple[int, int]] = {}
     with tarfile.open(archive) as tar:
-        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+        for m in tar:
+            if m.isfile():
+                index.setdefault(m.name, (m.offset_data, m.size))
+    return index

@@ -8,6 +8,7 @@ counted as ``corrupt_shard`` and the samples completed before the damage are kep
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -21,12 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gramprompt.data.dataset import DatasetError
-from gramprompt.data.pairs.base import ImageTextPair, PairShard, clean_caption
+from gramprompt.data.pairs.base import ARCHIVE_SUFFIXES, ImageTextPair, PairShard, clean_caption
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # first one present is the sample's image
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+TAR_SUFFIXES = ARCHIVE_SUFFIXES
 # Every shard reports all of these, zeros included, so data cards list the same fields.
 # ``bad_json`` does not drop the sample (its meta is just left empty).
 WDS_COUNT_KEYS = (
@@ -160,6 +161,21 @@ def _iter_samples(path: str) -> Iterator[_Sample]:
             yield current
 
 
+@functools.lru_cache(maxsize=1024)
+def _shard_keys(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """The keys of a shard's samples, from its member names (no image is read; a damaged tail is ignored)."""
+    keys = set()
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for member in tf:
+                parts = split_member_name(member.name) if member.isfile() else None
+                if parts is not None and parts[1] in _WANTED:
+                    keys.add(parts[0])
+    except _READ_ERRORS:
+        pass
+    return frozenset(keys)
+
+
 def _parse_meta(sample: _Sample) -> tuple[dict, bool]:
     """The ``.json`` member as a dict, and whether it was present but not a JSON object."""
     if "json" not in sample.files:
@@ -196,7 +212,8 @@ class WebDatasetPairSource:
 
     ``pattern`` is a tar path or a glob, with ``{000..009}`` ranges expanded first. Each
     shard's image bytes are held in memory (``pair.data``) until the shard is dropped.
-    A key met again later in the same tar is counted as ``duplicate_key`` (first one kept).
+    A key met again, later in the same tar or in a later tar, is counted as ``duplicate_key`` (the first
+    one is kept), so that one key names one pair of the corpus.
     """
 
     def __init__(self, pattern: str, name: str | None = None):
@@ -210,6 +227,14 @@ class WebDatasetPairSource:
     def num_shards(self) -> int:
         return len(self.paths)
 
+    def _earlier_keys(self, index: int) -> set[str]:
+        """The sample keys of the shards before ``index`` (their member names only, cached per archive)."""
+        keys: set[str] = set()
+        for path in self.paths[:index]:
+            st = os.stat(path)
+            keys.update(_shard_keys(path, st.st_mtime_ns, st.st_size))
+        return keys
+
     def read_shard(self, index: int) -> PairShard:
         if not 0 <= index < self.num_shards():
             raise IndexError(f"{self.name}: shard {index} out of range 0..{self.num_shards() - 1}")
@@ -217,9 +242,10 @@ class WebDatasetPairSource:
         counts: Counter[str] = Counter({k: 0 for k in WDS_COUNT_KEYS})
         pairs: list[ImageTextPair] = []
         seen: set[str] = set()
+        earlier = self._earlier_keys(index)
         try:
             for sample in _iter_samples(path):
-                if sample.key in seen:
+                if sample.key in seen or sample.key in earlier:
                     counts["duplicate_key"] += 1
                     continue
                 seen.add(sample.key)
