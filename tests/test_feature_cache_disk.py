@@ -66,7 +66,38 @@ def test_an_unreadable_entry_is_encoded_again(backbone, samples, tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         again = FeatureCache(backbone, tmp_path).get(("k",), samples, fn)
     assert "unreadable" in caplog.text and torch.equal(again[0], ref[0])
-    assert FeatureCache(backbone, tmp_path)._load(entry) is not None  # rewritten whole
+    assert FeatureCache(backbone, tmp_path)._load(entry, samples) is not None  # rewritten whole
+
+
+def test_a_file_replaced_with_its_time_kept_and_an_entry_with_foreign_labels_are_encoded_again(
+        backbone, samples, tmp_path, caplog):
+    """Reliability probe: images replaced with their modification times kept (rsync -a, cp -p, tar x) reused
+    stale features; an entry whose labels were out of range scored Base/New 0.00."""
+    import os
+
+    from safetensors.torch import save_file
+
+    fn = backbone.transform.eval
+    calls = counting(backbone)
+    try:
+        FeatureCache(backbone, tmp_path / "f").get(("k",), samples, fn)
+        path = samples[3].source
+        st = os.stat(path)
+        other = tmp_path / "other.png"
+        Image.new("RGB", (16, 16), "black").save(other)
+        os.replace(other, path)  # as rsync -a does: a new file renamed over the old one...
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...with the old modification time
+        FeatureCache(backbone, tmp_path / "f").get(("k",), samples, fn)
+        assert calls == [4, 4]
+
+        entry = FeatureCache(backbone, tmp_path / "f")._path(("k", "features"), samples)
+        feats, labels = FeatureCache(backbone, tmp_path / "f").get(("k",), samples, fn)
+        save_file({"features": feats.contiguous(), "labels": labels + 7}, entry)  # labels out of range
+        with caplog.at_level(logging.WARNING):
+            again = FeatureCache(backbone, tmp_path / "f").get(("k",), samples, fn)
+        assert again[1].tolist() == [0, 1, 0, 1] and "not the samples'" in caplog.text and calls == [4, 4, 4]
+    finally:
+        del backbone.encode_image
 
 
 def test_the_fingerprint_follows_the_weights(backbone):

@@ -74,10 +74,11 @@ def _update_with_sample(h, sample: Sample) -> None:
     elif isinstance(source, bytes):
         h.update(b"bytes")
         h.update(source)
-    else:  # a file: its path, size and modification time (a rewritten file gets a new entry)
+    else:  # a file: its path, size, modification and change times and inode. A replaced file gets a new entry
+        # even where the copy kept the old modification time (rsync -a, cp -p, tar x): the kernel sets ctime
         try:
             st = os.stat(source)
-            h.update(f"file {os.fspath(source)} {st.st_size} {st.st_mtime_ns}".encode())
+            h.update(f"file {os.fspath(source)} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}".encode())
         except OSError:
             h.update(f"missing {os.fspath(source)}".encode())
     h.update(f"|{sample.label}|".encode())
@@ -111,7 +112,7 @@ class FeatureCache:
                 self._store[full_key] = (feats, labels)
             else:
                 path = self._path(full_key, samples)
-                stored = self._load(path) if path is not None else None
+                stored = self._load(path, samples) if path is not None else None
                 if stored is None:
                     stored = encode_images(self.backbone, samples, fn, batch_size, desc, kind)
                     if path is not None:
@@ -129,14 +130,19 @@ class FeatureCache:
             _update_with_sample(h, sample)
         return self.folder / f"{h.hexdigest()[:40]}.safetensors"
 
-    def _load(self, path: Path) -> tuple[Tensor, Tensor] | None:
+    def _load(self, path: Path, samples: Sequence[Sample]) -> tuple[Tensor, Tensor] | None:
+        """The entry, if it is readable and holds one row per sample with the samples' labels (an entry
+        written otherwise, e.g. copied in or damaged, is encoded again rather than scored as 0%)."""
         if not path.is_file():
             return None
         from safetensors.torch import load_file
 
         try:
             t = load_file(path, device=str(self.backbone.device))
-            return t["features"], t["labels"]
+            feats, labels = t["features"], t["labels"]
+            if feats.shape[0] != len(samples) or labels.tolist() != [s.label for s in samples]:
+                raise ValueError(f"{feats.shape[0]} rows and labels that are not the samples' ({len(samples)})")
+            return feats, labels
         except Exception as err:  # a damaged entry costs its recomputation, nothing else
             logger.warning("feature cache entry %s is unreadable (%s); encoding again", path, err)
             return None
