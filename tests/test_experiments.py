@@ -472,3 +472,35 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path):
 def test_an_unknown_dtype_is_a_config_error_not_a_keyerror_at_run_time():
     with pytest.raises(ConfigError, match="dtype must be one of fp32, bf16, got 'fp64'"):
         load_experiment("offline/base2new", ["dtype=fp64"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("meta.iterations=-5", "iterations must be >= 1, got -5"),
+    ("hierarchy.chc.domains.domains=0", "domains \\(--domains\\) must be >= 1, got 0"),
+    ("seeds=[-1]", "seeds must be distinct and >= 0"),
+    ("seeds=[1, 1]", "seeds must be distinct and >= 0"),
+    ("datasets=[digits, digits]", "would share the run folder 'digits'"),
+    ("fewshot.tune.lr=.nan", "lr must be finite and > 0"),
+    ("hierarchy.chc.topics.min_cluster_size=-1", "min_cluster_size \\(--min-cluster-size\\) must be >= 2"),
+    ("hierarchy.seeds=[0, 0]", "hierarchy.seeds must be distinct"),
+])
+def test_plan_refuses_what_run_would_reject_later(override, message):
+    """Reliability probe: `gram experiment plan` accepted these, and `run` failed only after meta-training or many
+    runs (or, for iterations -5 and domains 0, silently reported an untrained theta* or no domain shift)."""
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("offline/base2new", [override])
+
+
+def test_a_missing_variant_checkpoint_is_named_before_any_job(tmp_path):
+    exp = load_experiment("offline/base2new", [f"variants.coop.checkpoint={tmp_path}/gone.safetensors"])
+    with pytest.raises(ConfigError, match=f"variant 'coop': checkpoint {tmp_path}/gone.safetensors does not exist"):
+        exp.check_inputs()
+
+
+def test_max_batch_runs_and_jobs_below_one_are_parser_errors(capsys):
+    from gramprompt.cli import main
+
+    for flag in ("--max-batch-runs", "--jobs"):
+        with pytest.raises(SystemExit) as err:
+            main(["experiment", "plan", "offline/demo", flag, "0"])
+        assert err.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err

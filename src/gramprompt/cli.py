@@ -90,6 +90,17 @@ def _lr_scale(text: str) -> tuple[str, float]:
     raise argparse.ArgumentTypeError(f"expected GROUP=X (e.g. visual=0.3), got {text!r}")
 
 
+def _at_least_one(text: str) -> int:
+    """An integer >= 1, for counts that must be positive (refused by the parser, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:
     """The run folder --out; the prompts of --init must not be among the files a rerun there replaces."""
     if a.init is not None and Path(a.out).resolve() in (init := Path(a.init).resolve(), *init.parents):
@@ -536,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configs", nargs="+", help="config files or packaged names (e.g. offline/base2new)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set seeds=[1] --set fewshot.tune.epochs=2 (repeatable)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for meta-training and few-shot runs")
-    p.add_argument("--max-batch-runs", type=int, default=MAX_BATCH_RUNS,
+    p.add_argument("--jobs", type=_at_least_one, default=1, help="worker processes for meta-training and few-shot runs")
+    p.add_argument("--max-batch-runs", type=_at_least_one, default=MAX_BATCH_RUNS,
                    help=f"few-shot runs of a CoOp, CoCoOp, VPT or joint row that differ only in seed and start "
                         f"are tuned together, this many at most (default {MAX_BATCH_RUNS}; 1: one by one)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",

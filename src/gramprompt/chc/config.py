@@ -63,6 +63,18 @@ class TopicConfig:
     word_min_share: float = 0.0  # > 0: a cluster counts in Eq. 3's L_w only if the word is this share of it
     extra_stop_words: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        least = {"min_cluster_size (--min-cluster-size)": (self.min_cluster_size, 2),
+                 "umap_neighbors (--umap-neighbors)": (self.umap_neighbors, 2),
+                 "umap_components (--umap-components)": (self.umap_components, 1),
+                 "fit_size (--fit-size)": (self.fit_size, 2), "assign_chunk": (self.assign_chunk, 1),
+                 "top_words": (self.top_words, 1)}
+        bad = [f"{k} must be >= {low}, got {v}" for k, (v, low) in least.items() if v < low]
+        if self.min_samples is not None and self.min_samples < 1:
+            bad.append(f"min_samples must be >= 1 (or unset), got {self.min_samples}")
+        if bad:
+            raise ValueError("; ".join(bad))
+
 
 # the TopicConfig fields only the cluster stage reads (topic words), which is redone on every run; every
 # other field shapes the fitted topic model or the labels, so ``settings.topic_settings`` records it
@@ -77,6 +89,13 @@ class DomainConfig:
     min_domain_size: int = 5  # a topic gets at most size // min_domain_size domains (>= 1)
     batch_size: int = 1024  # MiniBatchKMeans batch
     n_init: int = 3
+
+    def __post_init__(self) -> None:
+        # 0 or fewer domains once gave every topic a single domain silently: no domain shift at all
+        bad = {k: v for k, v in (("domains (--domains)", self.domains), ("min_domain_size (--min-domain-size)",
+               self.min_domain_size), ("batch_size", self.batch_size), ("n_init", self.n_init)) if v < 1}
+        if bad:
+            raise ValueError("; ".join(f"{k} must be >= 1, got {v}" for k, v in bad.items()))
 
 
 @dataclass

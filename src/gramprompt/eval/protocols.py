@@ -45,6 +45,8 @@ class FewShotConfig:
     def __post_init__(self) -> None:
         if self.shots < 1:
             raise GramError(f"shots (--shots) must be >= 1, got {self.shots}")
+        if self.seed < 0:
+            raise GramError(f"seed (--seed) must be >= 0, got {self.seed}")
         _check_max_test(self.max_test_per_class)
 
 

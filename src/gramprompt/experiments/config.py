@@ -234,8 +234,8 @@ class Hierarchy:
             raise ValueError("hierarchy needs exactly one of 'pairs' (run CHC) and 'path' (an existing one)")
         if self.seeds and self.path is not None:
             raise ValueError("hierarchy.seeds makes one hierarchy per seed from 'pairs'; 'path' names one")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"hierarchy.seeds has duplicates: {list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"hierarchy.seeds must be distinct and >= 0, got {list(self.seeds)}")
 
     def chc_config(self, seed: int | None = None) -> CHCConfig:
         """The CHC settings of the hierarchy of clustering ``seed`` (default: the first)."""
@@ -296,6 +296,8 @@ class Experiment:
             out.append("a transfer experiment needs 'source' and 'targets'")
         if not self.seeds:
             out.append("seeds: needs at least one seed")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            out.append(f"seeds must be distinct and >= 0, got {list(self.seeds)}")
         if self.dtype not in DTYPES:
             out.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         labels = [r.label for r in self.rows]
@@ -368,6 +370,9 @@ class Experiment:
         trained = [n for n in sorted(self.used_variants()) if self.variants[n].checkpoint is None]
         out = [f"{key}: {spec!r} reads {path}, which does not exist" for key, spec in self._dataset_specs(trained)
                if (path := spec_path(spec)) is not None and not path.exists()]
+        out += [f"variant {n!r}: checkpoint {self.variants[n].checkpoint} does not exist"
+                for n in sorted(self.used_variants()) if self.variants[n].checkpoint
+                and not Path(self.variants[n].checkpoint).exists()]
         return out + [f"row {r.label!r}: init {r.init} does not exist" for r in self.rows
                       if r.init and not Path(r.init).exists()]
 
