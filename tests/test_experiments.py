@@ -480,7 +480,7 @@ def test_an_unknown_dtype_is_a_config_error_not_a_keyerror_at_run_time():
     ("seeds=[-1]", "seeds must be distinct and >= 0"),
     ("seeds=[1, 1]", "seeds must be distinct and >= 0"),
     ("datasets=[digits, digits]", "would share the run folder 'digits'"),
-    ("fewshot.tune.lr=.nan", "lr must be finite and > 0"),
+    ("fewshot.tune.lr=.nan", "learning rate \\(--lr\\) must be a finite number"),
     ("hierarchy.chc.topics.min_cluster_size=-1", "min_cluster_size \\(--min-cluster-size\\) must be >= 2"),
     ("hierarchy.seeds=[0, 0]", "hierarchy.seeds must be distinct"),
 ])

@@ -33,7 +33,12 @@ class FolderBusy(GramError):
 def acquire(folder: str | os.PathLike, what: str) -> None:
     """Lock ``folder`` (created if missing) for this process until :func:`release` or exit."""
     path = Path(folder).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise GramError(f"{path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GramError(f"cannot write the folder {path}: {err.strerror or err}") from None
     key = str(path)
     if key in _HELD:
         fd, depth = _HELD[key]

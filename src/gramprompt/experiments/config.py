@@ -338,7 +338,8 @@ class Experiment:
 
     def _folder_names(self) -> list[tuple[str, str]]:
         return [("name", self.name), ("group", self.group), *(("row label", r.label) for r in self.rows),
-                *(("variant", v) for v in self.variants), *(("dataset folder", spec_name(c)) for c in (*self.columns, *([self.source] if self.source else [])))]
+                *(("variant", v) for v in self.variants), *(("dataset folder", spec_name(c)) for c in (*self.columns, *([self.source] if self.source else []))
+                  if spec_problem(c) is None)]  # a spec that names no dataset is reported as such
 
     def _settings_problems(self) -> list[str]:
         """The settings each job builds its config from: few-shot per row, CHC, meta-training per variant."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..finite import check_rate
+
 
 @dataclass
 class TuneConfig:
@@ -33,8 +35,8 @@ class TuneConfig:
             raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
         if self.feature_views < 0 or self.warmup_epochs < 0:
             raise ValueError("feature_views and warmup_epochs must be >= 0")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.warmup_lr) and self.warmup_lr >= 0):
-            raise ValueError(f"lr must be finite and > 0 and warmup_lr finite and >= 0, got {self.lr} and {self.warmup_lr}")
+        check_rate("the learning rate (--lr)", self.lr)  # at the config, so `experiment plan` refuses it too
+        check_rate("warmup_lr", self.warmup_lr)
         bad = {k: v for k, v in self.lr_scale.items() if not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"lr_scale values must be finite and >= 0, got {bad}")
