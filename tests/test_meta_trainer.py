@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gramprompt.errors import GramError, NonFiniteError
+from gramprompt.errors import GramError, NonFiniteError, RunFolderError
 from gramprompt.meta.inputs import FeatureInputs
 from gramprompt.meta.tasks import TaskConfig, TaskSampler
 from gramprompt.meta.trainer import MetaConfig, MetaTrainer
@@ -252,3 +252,30 @@ def test_checkpoints_from_before_the_regulator_form_existed_still_resume(backbon
     with pytest.raises(ValueError, match="regulator.form"):
         MetaTrainer(method, sampler, inputs, config(iterations=5, regulator=RegulatorConfig(form="bounded")),
                     tmp_path / "old").run()
+
+
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_checkpoint(backbone, data, tmp_path,
+                                                                                          monkeypatch):
+    """Reliability probe: a full disk during meta-training raised torch's RuntimeError, naming no file."""
+    import gramprompt.meta.trainer as trainer
+
+    MetaTrainer(build_method("coop", backbone), *data, config(iterations=2, checkpoint_every=1), tmp_path).run()
+    before = (tmp_path / "checkpoint" / "params.safetensors").read_bytes()
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(trainer.torch, "save", full)
+    with pytest.raises(RunFolderError, match="cannot write the checkpoint in .*checkpoint.tmp .*disk full.*resume"):
+        MetaTrainer(build_method("coop", backbone), *data, config(iterations=4, checkpoint_every=1), tmp_path).run()
+    assert (tmp_path / "checkpoint" / "params.safetensors").read_bytes() == before
+
+
+def test_a_full_disk_is_one_clear_line(capsys, tmp_path, monkeypatch):
+    import errno as errno_
+
+    from gramprompt import cli
+
+    err = OSError(errno_.ENOSPC, "No space left on device", str(tmp_path / "x.npy"))
+    assert cli._one_line(err).startswith(f"no space left on the device while writing {tmp_path / 'x.npy'}")

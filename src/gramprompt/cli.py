@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -610,7 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(err: BaseException) -> str:
     """The message of ``err`` on one line; OS errors name the file (``[Errno 13] ...`` says nothing to a user)."""
-    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = err.filename if err.filename is not None else "the output folder's disk"
+        text = f"no space left on the device while writing {where}: free space, then rerun the same command to resume"
+    elif isinstance(err, OSError) and err.strerror and err.filename is not None:
         text = f"{err.filename}: {err.strerror}"
     else:
         text = str(err) or type(err).__name__

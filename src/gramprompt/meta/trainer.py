@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from gramprompt.errors import GramError, NonFiniteError
+from gramprompt.errors import GramError, NonFiniteError, RunFolderError
 from gramprompt.finite import check_finite, check_rate, check_skipped
 from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, init_regulator
@@ -283,10 +283,15 @@ class MetaTrainer:
         tmp.mkdir(parents=True, exist_ok=True)
         tensors = {f"theta.{k}": v.detach().contiguous() for k, v in state.theta.items()}
         tensors.update({f"phi.{k}": v.detach().contiguous() for k, v in state.phi.items()})
-        save_file(tensors, tmp / "params.safetensors")
-        torch.save({"iteration": state.iteration, "skipped": state.skipped, "rng": rng.bit_generator.state,
-                    "optimizer": opt.state_dict()}, tmp / "state.pt")
-        (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        try:
+            save_file(tensors, tmp / "params.safetensors")
+            torch.save({"iteration": state.iteration, "skipped": state.skipped, "rng": rng.bit_generator.state,
+                        "optimizer": opt.state_dict()}, tmp / "state.pt")
+            (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its stream writer
+            raise RunFolderError(f"cannot write the checkpoint in {tmp} ({' '.join(str(err).split())}); is the disk "
+                                 f"full? The last complete checkpoint, {ckpt}, is kept: free space and rerun to "
+                                 "resume") from None
         if ckpt.exists():  # swap whole folders so a kill never leaves a half-written checkpoint
             old = self.out / "checkpoint.old"
             os.replace(ckpt, old)
