@@ -171,3 +171,12 @@ def test_a_fifo_or_unreadable_image_is_skipped_and_an_unreadable_class_folder_is
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DatasetError, match="cannot read the folder .*sub: Permission denied"):
         load_imagefolder(root)
+
+
+def test_many_classes_of_few_images_get_a_split_message_that_names_the_fix(tmp_path: Path) -> None:
+    """Reliability probe: 2,000 classes of 3 images gave scikit-learn's message about test_size."""
+    from gramprompt.data.splits import stratified_split
+
+    samples = [Sample(f"{c}/{i}.jpg", c) for c in range(2000) for i in range(3)]
+    with pytest.raises(DatasetError, match="cannot put each of the 2000 classes on both sides .*train/ and test/"):
+        stratified_split(samples, 0.3, seed=0)

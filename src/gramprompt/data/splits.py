@@ -12,7 +12,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from gramprompt.data.dataset import ClassificationDataset, Sample, require_two_classes
+from gramprompt.data.dataset import ClassificationDataset, DatasetError, Sample, require_two_classes
 
 class NotEnoughShotsError(ValueError):
     """A class has fewer samples than the requested number of shots."""
@@ -125,6 +125,12 @@ def stratified_split(
             f"stratified split needs >= 2 samples per class; class(es) {too_small} have 1"
         )
     labels = [s.label for s in samples]
+    n_test = math.ceil(test_fraction * len(samples))
+    if min(n_test, len(samples) - n_test) < len(counts):  # sklearn's own message names neither cause nor fix
+        raise DatasetError(
+            f"a stratified split of {len(samples)} images into {1 - test_fraction:.0%} train / {test_fraction:.0%} "
+            f"test cannot put each of the {len(counts)} classes on both sides ({n_test} test images): give the "
+            "classes more images, use fewer classes, or split the folder yourself (train/ and test/ sub-folders)")
     train_idx, test_idx = train_test_split(
         np.arange(len(samples)), test_size=test_fraction, stratify=labels, random_state=seed
     )
