@@ -170,3 +170,41 @@ def test_any_reducer_and_clusterer_plug_in(mixture, tmp_path):
                         reducer=PCA(8, random_state=0), clusterer=KMeans(TOPICS, n_init=4, random_state=0))
     assert h.kept.all() and len(h.topics) == TOPICS
     assert adjusted_rand_score(truth.topic, h.topic) >= 0.9
+
+
+def test_swapped_or_damaged_shards_are_errors_naming_the_file(mixture, hierarchy, tmp_path):
+    """Reliability probe: two feature shards swapped were used silently; damaged shards gave library errors
+    without the file."""
+    import shutil
+
+    from gramprompt.chc.hierarchy import Hierarchy
+
+    root, _ = mixture
+    feats = tmp_path / "features"
+    shutil.copytree(root / "features", feats)
+    h = Hierarchy.load(root / "h")
+    h.info = {**h.info, "features": str(feats)}
+    h.store()  # the copy holds the same pairs
+    # the image features of shards 0 and 1 swapped (same row counts): the recorded digests see it
+    a, b = (feats / "img_emb" / f"img_emb_{i:05d}.npy" for i in (0, 1))
+    tmp = a.with_suffix(".x")
+    a.rename(tmp), b.rename(a), tmp.rename(b)
+    with pytest.raises(StoreError, match="img_emb_00000.npy is not the array"):
+        FeatureStore(feats).array("img", 0)
+    b.rename(tmp), a.rename(b), tmp.rename(a)  # back
+    # whole shards swapped (metadata and arrays): the store reads consistently, but not as the hierarchy's rows
+    for kind, name in (("metadata", "metadata_{:05d}.parquet"), ("img_emb", "img_emb_{:05d}.npy"),
+                       ("text_emb", "text_emb_{:05d}.npy")):
+        a, b = (feats / kind / name.format(i) for i in (0, 1))
+        a.rename(tmp), b.rename(a), tmp.rename(b)
+    h = Hierarchy.load(root / "h")
+    h.info = {**h.info, "features": str(feats)}
+    with pytest.raises(StoreError, match="does not hold this hierarchy's pairs"):
+        h.store()
+    # a damaged array or metadata file
+    (feats / "text_emb" / "text_emb_00002.npy").write_bytes(b"\\x93NUMPY garbage")
+    with pytest.raises(StoreError, match="text_emb_00002.npy is damaged"):
+        FeatureStore(feats).array("text", 2)
+    (feats / "metadata" / "metadata_00003.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(StoreError, match="metadata_00003.parquet is damaged"):
+        FeatureStore(feats)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gramprompt.chc.store import FeatureStore
+from gramprompt.chc.store import FeatureStore, StoreError
 
 STATUS = ("kept", "filtered", "noise")
 
@@ -46,6 +46,7 @@ class Hierarchy:
     domain: np.ndarray  # -1 unless kept
     topics: list[Topic]
     info: dict[str, Any]  # config, pair source, backbone, feature store path, counts
+    _checked: bool = field(default=False, repr=False, compare=False)  # store() has checked the store's keys
 
     @property
     def kept(self) -> np.ndarray:
@@ -56,7 +57,21 @@ class Hierarchy:
         return Path(self.info["features"])
 
     def store(self) -> FeatureStore:
-        return FeatureStore(self.features_dir)
+        """The feature store the hierarchy was made from, checked to hold its pairs at its rows (shards
+        swapped, replaced or re-extracted otherwise would silently pair other features with these topics)."""
+        store = FeatureStore(self.features_dir)
+        if not self._checked:
+            keys = store.column("key")
+            bad = next((i for i, (r, k) in enumerate(zip(self.rows.tolist(), self.keys, strict=True))
+                        if not 0 <= r < len(keys) or keys[r] != k), None)
+            if bad is not None:
+                r = int(self.rows[bad])
+                found = keys[r] if 0 <= r < len(keys) else "no such row"
+                raise StoreError(f"the feature store {store.root} does not hold this hierarchy's pairs: row {r} is "
+                                 f"{found!r} there, {self.keys[bad]!r} in the hierarchy (shards swapped or extracted "
+                                 "again?); rerun gram chc on it")
+            self._checked = True
+        return store
 
     def class_names(self) -> list[str]:
         return [t.word for t in self.topics]

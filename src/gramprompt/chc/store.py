@@ -16,6 +16,7 @@ resumable shard by shard, from any process or machine.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -69,17 +70,34 @@ def write_shard(root: str | os.PathLike, index: int, image: np.ndarray, text: np
                       "source": pa.array(rows["source"], pa.string()),
                       "sim": pa.array(rows["sim"], pa.float32()),
                       "meta": pa.array(rows["meta"], pa.string())})
-    table = table.replace_schema_metadata({"counts": json.dumps(counts, sort_keys=True)})
+    table = table.replace_schema_metadata({"counts": json.dumps(counts, sort_keys=True),
+                                           "digests": json.dumps({"img": array_digest(image), "text": array_digest(text)})})
     paths["meta"].parent.mkdir(parents=True, exist_ok=True)
     tmp = paths["meta"].with_name(paths["meta"].name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, paths["meta"])
 
 
+def array_digest(array: np.ndarray) -> str:
+    """Of an array's dtype, shape and values: what the metadata file records of the arrays beside it."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
+
+
+def _file_metadata(root: Path, index: int) -> dict[bytes, bytes]:
+    path = shard_paths(root, index)["meta"]
+    try:
+        return pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"{path} is damaged ({' '.join(str(err).split())}): delete the shard's files to extract "
+                         "it again") from None
+
+
 def shard_counts(root: str | os.PathLike, index: int) -> dict[str, int]:
     """A complete shard's counts (pairs kept, and what the source and extraction skipped)."""
-    meta = pq.read_schema(shard_paths(Path(root), index)["meta"]).metadata or {}
-    return json.loads(meta.get(b"counts", b"{}"))
+    return json.loads(_file_metadata(Path(root), index).get(b"counts", b"{}"))
 
 
 def holds_shards(root: str | os.PathLike) -> bool:
@@ -121,11 +139,16 @@ class FeatureStore:
             raise StoreError(f"no feature shards in {self.root} (run the features stage first)")
         shards, offset = [], 0
         for i in indices:
-            rows = pq.ParquetFile(shard_paths(self.root, i)["meta"]).metadata.num_rows
+            try:
+                rows = pq.ParquetFile(shard_paths(self.root, i)["meta"]).metadata.num_rows
+            except (OSError, pa.ArrowException) as err:
+                raise StoreError(f"{shard_paths(self.root, i)['meta']} is damaged ({' '.join(str(err).split())}): "
+                                 "delete the shard's files to extract it again") from None
             shards.append(ShardInfo(i, rows, offset))
             offset += rows
         self.shards: list[ShardInfo] = shards
         self.num_rows = offset
+        self._verified: set[tuple[str, int]] = set()
 
     def __len__(self) -> int:
         return self.num_rows
@@ -135,11 +158,25 @@ class FeatureStore:
         return all(shard_paths(self.root, s.index)[kind].exists() for s in self.shards)
 
     def array(self, kind: str, index: int) -> np.ndarray:
-        """``kind`` is "img", "text" or "stem"; memory-mapped, so only the rows touched are read."""
-        arr = np.load(shard_paths(self.root, index)[kind], mmap_mode="r")
+        """``kind`` is "img", "text" or "stem"; memory-mapped, so only the rows touched are read. The first
+        time a process reads a shard's image or text features they are checked against the digests its
+        metadata file recorded (stores written since it does), so a swapped or replaced file is an error,
+        not features of other pairs."""
+        path = shard_paths(self.root, index)[kind]
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as err:
+            raise StoreError(f"{path} is damaged or missing ({' '.join(str(err).split())}): delete the shard's "
+                             "files to extract it again") from None
         info = next(s for s in self.shards if s.index == index)
         if arr.shape[0] != info.rows:
             raise StoreError(f"shard {index}: {kind} has {arr.shape[0]} rows, metadata {info.rows}")
+        if kind in ("img", "text") and (kind, index) not in self._verified:
+            recorded = json.loads(_file_metadata(self.root, index).get(b"digests", b"{}")).get(kind)
+            if recorded is not None and array_digest(np.asarray(arr)) != recorded:
+                raise StoreError(f"{path} is not the array its shard's metadata was written with (files swapped "
+                                 f"or replaced?): delete the shard's files to extract it again")
+            self._verified.add((kind, index))
         return arr
 
     def dim(self, kind: str) -> int:
