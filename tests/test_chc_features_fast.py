@@ -180,7 +180,7 @@ def test_fast_path_writes_the_reference_store_default_backbone(default, text_mod
                                                                workers):
     source, reference = default_reference
     threads = torch.get_num_threads()
-    ex = FeatureExtractor(default, text_model, FeatureConfig(batch_size=2, stems=True))
+    ex = FeatureExtractor(default, text_model, FeatureConfig(batch_size=2, stems=True, reuse=False))
     ex.workers = lambda: workers
     for i in range(source.num_shards()):
         ex.run_shard(source, i, tmp_path / "fast")

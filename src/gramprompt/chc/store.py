@@ -82,7 +82,7 @@ def array_digest(array: np.ndarray) -> str:
     """Of an array's dtype, shape and values: what the metadata file records of the arrays beside it."""
     array = np.ascontiguousarray(array)
     h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    h.update(memoryview(array).cast("B"))
+    h.update(array.tobytes())
     return h.hexdigest()
 
 
