@@ -177,3 +177,14 @@ def test_an_option_added_since_at_its_unset_default_is_the_same_run(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists()
     with pytest.raises(ValueError, match="form: None there, 'bounded' now"):
         RunDir.create(tmp_path, {"meta": {"lr": 1.0, "form": "bounded"}})
+
+
+def test_a_negative_seed_and_a_fit_size_of_zero_are_named_before_any_file_is_written(tiny_clip_dir, tmp_path, capsys):
+    """Reliability probe: --seed -1 gave NumPy's text and left config.yaml; --fit-size 0 was blamed on
+    --umap-neighbors."""
+    assert _fewshot(tiny_clip_dir, tmp_path / "run", "--seed", "-1") == 2
+    assert "seed (--seed) must be >= 0, got -1" in _error(capsys) and not (tmp_path / "run").exists()
+    code = main(["chc", "--pairs", "openclipart", "--backbone", f"hf:{tiny_clip_dir}", "--out", str(tmp_path / "c"),
+                 "--fit-size", "0"])
+    assert code == 2 and "fit_size (--fit-size) must be >= 2, got 0" in _error(capsys)
+    assert not (tmp_path / "c").exists()
