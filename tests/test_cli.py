@@ -137,7 +137,7 @@ def _caption_folder(root, topics=6, per_topic=14):
 
 
 def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_path):
-    from gramprompt.demo import demo_experiments, run_demo
+    from gramprompt.demo import demo_experiments, how_to_read, run_demo
     from gramprompt.experiments.config import load_experiment
 
     pairs = _caption_folder(tmp_path / "pairs")
@@ -151,6 +151,7 @@ def test_demo_pipeline_prints_table1_and_reuses_its_stages(tiny_clip_dir, tmp_pa
     report = run_demo(experiments)
     assert "Table 1" in report and "6 topics" in report
     assert "(CHC " in report and ", meta-training " in report and ", few-shot runs " in report  # the stage split
+    assert report.rstrip().endswith(how_to_read())
     for row in load_experiment("offline/base2new").rows:
         assert f"| {row.title} |" in report
     summary = tmp_path / "demo" / "runs" / "base2new" / "digits"
@@ -248,3 +249,15 @@ def test_lr_scale_flag_is_recorded_only_when_set_and_checked(tiny_clip_dir, tmp_
     with pytest.raises(SystemExit):
         _fewshot(tiny_clip_dir, tmp_path / "bad", "--lr-scale", "visual", method="joint")
     assert "expected GROUP=X" in capsys.readouterr().err
+
+
+def test_the_demo_says_what_it_runs_and_how_to_read_it():
+    from gramprompt.demo import FULL, demo_experiments, how_to_read, introduction
+
+    text = introduction(demo_experiments())
+    for part in ("openclipart:3000", "1 clustering", "seeds 1, 2", "about 13 minutes", "smoke-sized version of Table 1",
+                 "docs/RESULTS.md"):
+        assert part in text, part
+    full = introduction(demo_experiments(FULL))
+    assert "3 clustering" in full and "seeds 1, 2, 3, 4, 5" in full and "smoke-sized" not in full
+    assert "gram demo --full" in how_to_read() and "contains 0" in how_to_read()

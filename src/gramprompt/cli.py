@@ -216,7 +216,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                          ("seeds", a.seeds and f"[{', '.join(map(str, a.seeds))}]")) if v]
     configs = [ABLATIONS[t] for t in a.tables] if a.ablations else FULL if a.full else DEMO
     print(run_demo(demo_experiments(configs, [*overrides, *a.set], a.quick), jobs=a.jobs, device=a.device,
-                   max_batch_runs=a.max_batch_runs))
+                   max_batch_runs=a.max_batch_runs, quick=a.quick))
     return 0
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from .chc.hierarchy import Hierarchy
 from .eval.protocols import zero_shot_all_classes
 from .eval.table import zero_shot_table
-from .experiments.config import Experiment, load_experiment
+from .data.registry import spec_name
+from .experiments.config import Experiment, load_experiment, packaged_configs
 from .experiments.report import experiment_tables
 from .experiments.runner import MAX_BATCH_RUNS, Worker, chc_dir, run_experiment
 
@@ -30,16 +31,58 @@ QUICK = ("root=runs/offline-quick", "datasets=[emoji-groups, digits]", "seeds=[1
          "fewshot.tune.epochs=2", "hierarchy.pairs=openclipart:400", "hierarchy.seeds=[0]", "meta.iterations=20")
 
 
+# measured wall times on 2 cores from empty caches (docs/RESULTS.md); None: not measured
+TIMES = {"offline/demo": "about 13 minutes", "offline/base2new": "about 2 hours (CHC 2 min, meta-training 34 min, "
+         "420 runs 74 min)"}
+
+
+def introduction(experiments: Sequence[Experiment], quick: bool = False) -> str:
+    """What the demo is about to run, and what its table is (and is not)."""
+    lines = []
+    for exp in experiments:
+        h = exp.hierarchy
+        corpus = (f"CHC on `{h.pairs or h.path}` ({len(h.all_seeds())} clustering(s), seed(s) "
+                  f"{', '.join(map(str, h.all_seeds()))})" if h is not None else "no CHC")
+        meta = exp.meta_config()
+        took = "a smoke run, not timed" if quick else TIMES.get(_name(exp), "not timed")
+        lines.append(f"{exp.name}: {exp.description}. {corpus}; meta-training {meta.iterations} iterations per "
+                     f"GRAM variant; {len(exp.rows)} rows on {', '.join(spec_name(c) for c in exp.columns)}; "
+                     f"seeds {', '.join(map(str, exp.seeds))}; {exp.shots} shots; backbone {exp.backbone}. "
+                     f"Expected time on 2 cores: {took}.")
+    if not any(_name(e) == "offline/base2new" for e in experiments):
+        lines.append("Its tables are a smoke-sized version of Table 1 in docs/RESULTS.md (fewer pairs, clusterings, "
+                     "seeds and test images): they show that the pipeline works, not the result.")
+    return "\n".join(lines)
+
+
+def how_to_read() -> str:
+    return ("How to read the tables: each dataset cell is Base / New / H (accuracy on the base classes tuned on, on "
+            "the new classes never seen, and their harmonic mean), averaged over seeds; ΔH [95% interval] is a GRAM "
+            "row minus the row it is compared with, by a paired bootstrap over seeds, test images and clusterings. "
+            "An interval that contains 0 is no evidence of a difference. The full result: `gram demo --full` "
+            "(= `gram experiment run offline/base2new`, about 2 hours on 2 cores) and docs/RESULTS.md.")
+
+
+def _name(exp: Experiment) -> str:
+    """The packaged name of the experiment's config (``offline/demo``), or its file name."""
+    path = Path(exp.source_file)
+    try:
+        return str(path.relative_to(packaged_configs()).with_suffix(""))
+    except ValueError:
+        return path.stem
+
+
 def demo_experiments(configs: Sequence[str] = DEMO, overrides: Sequence[str] = (), quick: bool = False) -> list[Experiment]:
     return [load_experiment(c, [*(QUICK if quick else ()), *overrides]) for c in configs]
 
 
 def run_demo(experiments: list[Experiment], *, jobs: int = 1, device: str | None = None,
-             max_batch_runs: int = MAX_BATCH_RUNS) -> str:
+             max_batch_runs: int = MAX_BATCH_RUNS, quick: bool = False) -> str:
     """Run the experiments (they share the backbone), then report CHC, zero-shot accuracy, their tables and
     where the time went."""
     start = time.perf_counter()
     first = experiments[0]
+    print(introduction(experiments, quick), flush=True)
     print(f"backbone {first.backbone}; configs {', '.join(e.name for e in experiments)}; root {first.root}", flush=True)
     worker = Worker(first, device)
     stages: dict[str, float] = {}
@@ -66,9 +109,10 @@ def run_demo(experiments: list[Experiment], *, jobs: int = 1, device: str | None
     split = ", ".join(f"{names[k]} {s:.0f} s" for k, s in stages.items())
     parts.append(f"total time {time.perf_counter() - start:.0f} s ({split}; stages already done are skipped); "
                  f"runs in {root / 'runs'}")
+    parts.append(how_to_read())
     report = "\n\n".join(parts)
     (root / f"report-{'-'.join(e.name for e in experiments)}.md").write_text(report + "\n")
     return report
 
 
-__all__ = ["ABLATIONS", "DEMO", "FULL", "QUICK", "demo_experiments", "run_demo"]
+__all__ = ["ABLATIONS", "DEMO", "FULL", "QUICK", "demo_experiments", "how_to_read", "introduction", "run_demo"]
