@@ -160,8 +160,17 @@ def test_two_datasets_with_one_folder_name_are_refused(tmp_path):
 
 def test_missing_environment_variable_is_named(monkeypatch):
     monkeypatch.delenv("GRAM_DATA", raising=False)
-    with pytest.raises(ConfigError, match="GRAM_DATA"):
+    with pytest.raises(ConfigError, match="GRAM_DATA is not set .*: set it to the folder holding the 11 datasets"):
         load_experiment("vit_b16/base2new")
+
+
+def test_every_variable_a_packaged_config_reads_is_explained():
+    import re as re_
+
+    from gramprompt.experiments.config import ENV_VARS
+
+    used = {m for p in packaged_configs().rglob("*.yaml") for m in re_.findall(r"\$\{([A-Z_]+)", p.read_text())}
+    assert used <= set(ENV_VARS), used - set(ENV_VARS)
 
 
 def _tiny(tmp_path: Path, ckpt: Path, **extra) -> Path:

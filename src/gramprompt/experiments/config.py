@@ -432,8 +432,22 @@ def _expand(value: Any) -> Any:
     return value
 
 
+# what each environment variable the packaged configs read should hold (docs/REPRODUCE.md)
+ENV_VARS = {
+    "GRAM_DATA": "the folder holding the 11 datasets in CoOp's layout (imagenet/, caltech-101/, ...; docs/DATASETS.md), "
+                 "e.g. export GRAM_DATA=/data",
+    "GRAM_RUNS": "where runs go (default runs/)",
+    "GRAM_CC3M": "the folder of CC3M's WebDataset shards 00000.tar ... (default /data/cc3m)",
+    "GRAM_CLIP": "a Hugging Face CLIP name or local folder (default openai/clip-vit-base-patch16)",
+    "GRAM_HIERARCHY": "an existing CHC hierarchy folder (default runs/vit_b16/chc)",
+    "GRAM_WEBVISION": "WebVision's training images in class folders (default /data/webvision/train)",
+}
+
+
 def _missing_var(name: str) -> str:
-    raise ConfigError(f"environment variable {name} is not set (the config uses ${{{name}}})")
+    what = ENV_VARS.get(name)
+    raise ConfigError(f"environment variable {name} is not set (the config uses ${{{name}}})"
+                      + (f": set it to {what}" if what else ""))
 
 
 def packaged_configs() -> Path:
