@@ -169,7 +169,7 @@ def test_every_variable_a_packaged_config_reads_is_explained():
 
     from gramprompt.experiments.config import ENV_VARS
 
-    used = {m for p in packaged_configs().rglob("*.yaml") for m in re_.findall(r"\$\{([A-Z_]+)", p.read_text())}
+    used = {m for p in packaged_configs().rglob("*.yaml") for m in re_.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", p.read_text())}
     assert used <= set(ENV_VARS), used - set(ENV_VARS)
 
 
