@@ -19,7 +19,6 @@ import io
 import json
 import os
 import tarfile
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -131,15 +130,15 @@ def _set_icons(spec: RenderSpec, iconset: IconSet) -> dict[str, str]:
     return {icon.meta["name"]: icon.svg for icon in set_icons(data, iconset, spec.size, spec.drop_style)}
 
 
-def render_batch(job: tuple[RenderSpec, IconSet, tuple[str, ...], str]) -> dict[str, int]:
-    """Render the named icons of one set into ``folder`` unless their sidecar exists; returns counts."""
+def render_batch(job: tuple[RenderSpec, IconSet, tuple[str, ...], str]) -> None:
+    """Render the named icons of one set into ``folder`` unless their sidecar exists (what gave no image is
+    recorded in the sidecar, and counted by the selection that walks it)."""
     spec, iconset, names, folder = job
     tar_path, side_path = batch_paths(Path(folder), iconset.prefix, names)
     if side_path.exists():
-        return {}
+        return
     render = RENDERERS[spec.renderer]
     svgs = _set_icons(spec, iconset)
-    counts: Counter[str] = Counter()
     side: dict[str, Any] = {"name": [], "hash": [], "digest": [], "skipped": {}}
     thumbs = []
     tar_path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,13 +163,11 @@ def render_batch(job: tuple[RenderSpec, IconSet, tuple[str, ...], str]) -> dict[
             side["hash"].append(f"{picture_hash(img):064x}")
             thumbs.append(thumbnail(img))
             side["digest"].append(pixel_digest(img))
-    counts.update(side["skipped"].values())
     os.replace(tmp, tar_path)
     np.save(thumbs_path(side_path), np.asarray(thumbs, np.uint8).reshape(len(thumbs), THUMB * THUMB))
     side_tmp = side_path.with_suffix(".json.tmp")
     side_tmp.write_text(json.dumps(side))
     os.replace(side_tmp, side_path)
-    return dict(counts)
 
 
 @dataclass
