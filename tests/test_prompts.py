@@ -102,9 +102,9 @@ def test_visual_methods_train_their_prompts_from_pixels(backbone, gen, name):
 
 
 def test_registry_and_templates(backbone):
-    assert set(METHODS) == {"zeroshot", "coop", "cocoop", "vpt", "vpt-deep", "joint"}
+    assert set(METHODS) == {"zeroshot", "coop", "cocoop", "vpt", "vpt-deep", "joint", "kgcoop", "prograd"}
     with pytest.raises(ValueError, match="valid: zeroshot"):
-        build_method("maple", backbone)
+        build_method("coop++", backbone)
     assert template_for("EuroSAT") == "a centered satellite photo of {}."
     assert template_for("DTD") == "{} texture."
     assert template_for("digits") == "a photo of a {}."

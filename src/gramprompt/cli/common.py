@@ -57,6 +57,25 @@ def add_set_arg(p: argparse.ArgumentParser, text: str) -> None:
                    help=f"{text} (default: none; repeatable)")
 
 
+def add_objective_args(p: argparse.ArgumentParser) -> None:
+    """The weights of the methods with their own training objective (their official values by default)."""
+    from ..prompts import PromptConfig
+
+    d = PromptConfig()
+    p.add_argument("--text-guidance", type=float, default=d.text_guidance,
+                   help="kgcoop: weight of the distance between learned and hand-crafted class text features")
+    p.add_argument("--projection", type=float, default=d.projection,
+                   help="prograd: share of a conflicting gradient's zero-shot direction removed (0.8 in some "
+                        "official runs)")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help="prograd: temperature of the distillation from zero-shot CLIP")
+
+
+def objective_settings(a: argparse.Namespace) -> dict[str, float]:
+    """The PromptConfig fields :func:`add_objective_args` sets."""
+    return {"text_guidance": a.text_guidance, "projection": a.projection, "distill_temperature": a.distill_temperature}
+
+
 def lr_scale(text: str) -> tuple[str, float]:
     """GROUP=X of --lr-scale, as (group, factor)."""
     group, sep, value = text.partition("=")

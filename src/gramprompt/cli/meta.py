@@ -7,7 +7,7 @@ from pathlib import Path
 from ..backbones import load_backbone
 from ..backbones.registry import DTYPES, resolve_device
 from ..prompts import METHODS, PromptConfig
-from .common import Entry, add_backbone_args, add_command, add_overwrite_arg
+from .common import Entry, add_backbone_args, add_command, add_objective_args, add_overwrite_arg, objective_settings
 
 TITLE = "meta-training"
 
@@ -76,6 +76,7 @@ def _add_meta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visual-tokens", type=int, default=d_prompt.visual_tokens, help="learned visual prompt tokens")
     p.add_argument("--visual-depth", type=int, default=None,
                    help="layers with their own prompts, for vpt-deep (default: all)")
+    add_objective_args(p)
     p.add_argument("--seed", type=int, default=d_meta.seed,
                    help="seed of the theta and phi initialization and of the task sampler")
 
@@ -94,7 +95,8 @@ def cmd_meta_train(a: argparse.Namespace) -> int:
                      checkpoint_every=a.checkpoint_every, seed=a.seed, autocast=a.autocast,
                      tasks=TaskConfig(a.ways, a.support_shots, a.query_shots, domain_shift=not a.no_domain_shift),
                      regulator=RegulatorConfig(a.regulator, form=a.regulator_form))
-    prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth)
+    prompt = PromptConfig(text_tokens=a.text_tokens, visual_tokens=a.visual_tokens, visual_depth=a.visual_depth,
+                          **objective_settings(a))
     path, state = meta_train(a.supervised or a.hierarchy, backbone, a.method, a.out, cfg, prompt,
                              supervised=a.supervised is not None, overwrite=a.overwrite)
     print(f"{state.iteration} meta-iterations ({state.skipped} skipped batches); theta* and phi* in {path}")

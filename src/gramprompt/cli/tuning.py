@@ -17,7 +17,8 @@ from ..eval.table import zero_shot_table
 from ..prompts import METHODS, PromptConfig
 from ..runs import RunDir
 from ..tuning.config import TuneConfig
-from .common import Entry, add_backbone_args, add_command, add_overwrite_arg, lr_scale
+from .common import (Entry, add_backbone_args, add_command, add_objective_args, add_overwrite_arg, lr_scale,
+                     objective_settings)
 
 TITLE = "tuning and evaluation"
 
@@ -102,7 +103,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visual-tokens", type=int, default=d_prompt.visual_tokens, help="learned visual prompt tokens")
     p.add_argument("--visual-depth", type=int, default=None,
                    help="layers with their own prompts, for vpt-deep (default: all)")
-
+    add_objective_args(p)
 
 def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
     return FewShotConfig(
@@ -110,7 +111,7 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
         allow_fewer_shots=a.allow_fewer_shots,
         max_test_per_class=a.max_test_per_class, init_seed=a.init_seed, eval_every_epoch=a.eval_every_epoch,
         prompt=PromptConfig(text_tokens=a.text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
-                            visual_depth=a.visual_depth),
+                            visual_depth=a.visual_depth, **objective_settings(a)),
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views,
                         lr_scale=dict(a.lr_scale)))
 

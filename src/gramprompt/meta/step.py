@@ -38,9 +38,8 @@ class TaskData:
 
 
 def task_loss(method: PromptMethod, params: Params, batch: Batch, y: Tensor, classnames: list[str]) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of the CLIP logits, and the logits."""
-    logits = method.logits(params, batch, classnames)
-    return F.cross_entropy(logits, y), logits
+    """The method's training objective (cross-entropy of the CLIP logits unless it has its own), and the logits."""
+    return method.loss(params, batch, classnames, y)
 
 
 def second_order_context(create_graph: bool):
@@ -63,10 +62,8 @@ def adapt(method: PromptMethod, theta: Params, phi: Params | None, regulator: Re
     raw: Params = {}
     first: Params = {}
     for step in range(steps):
-        loss, _ = task_loss(method, params, task.support, task.support_y, task.classnames)
-        names = [k for k, v in params.items() if v.requires_grad]
-        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
-        grads = dict(zip(names, grads))
+        _, _, grads = method.gradients(params, task.support, task.classnames,
+                                       task.support_y, create_graph=create_graph)
         if step == 0:
             raw = grads
         if phi is not None:

@@ -42,6 +42,15 @@ class PromptConfig:
     visual_tokens: int = 4
     visual_depth: int | None = None  # deep VPT: layers that get their own prompts (None: all)
     init_std: float = 0.02
+    # the objectives of the methods that have their own (the others ignore them); defaults are the official ones
+    text_guidance: float = 8.0  # KgCoOp's lambda: weight of 1 - mean cos(learned, hand-crafted class text features)
+    projection: float = 1.0  # ProGrad's lambda: the share of a conflicting CE gradient's zero-shot component removed
+    distill_temperature: float = 1.0  # ProGrad's T: temperature of its zero-shot distillation loss
+
+    def __post_init__(self) -> None:
+        if not (self.text_guidance >= 0 and self.projection >= 0 and self.distill_temperature > 0):
+            raise ValueError("text_guidance and projection must be >= 0 and distill_temperature > 0, got "
+                             f"{self.text_guidance}, {self.projection}, {self.distill_temperature}")
 
 
 class PromptMethod:
@@ -70,6 +79,21 @@ class PromptMethod:
 
     def logits(self, params: dict[str, Tensor], batch: Batch, classnames: list[str]) -> Tensor:
         raise NotImplementedError
+
+    def loss(self, params: dict[str, Tensor], batch: Batch, classnames: list[str], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The training objective on one batch, and the logits: cross-entropy, unless the method adds its own
+        terms (KgCoOp). Few-shot tuning, GRAM's inner and outer loops all minimize this."""
+        logits = self.logits(params, batch, classnames)
+        return F.cross_entropy(logits, labels), logits
+
+    def gradients(self, params: dict[str, Tensor], batch: Batch, classnames: list[str], labels: Tensor, *,
+                  create_graph: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The loss, the logits and the gradients an update follows, for the parameters that require grad:
+        those of :meth:`loss`, unless the method reshapes them (ProGrad)."""
+        loss, logits = self.loss(params, batch, classnames, labels)
+        names = [k for k, v in params.items() if v.requires_grad]
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+        return loss, logits, dict(zip(names, grads))
 
     def check_classnames(self, classnames: Sequence[str]) -> None:
         """Refuse class names whose prompt does not fit the text encoder's context length.
@@ -161,6 +185,13 @@ class PromptMethod:
         embeds, lengths = splice_context(self.text.class_tokens(classnames), ctx)
         feats = self.backbone.encode_text_embeddings(embeds, lengths)
         return feats if ctx.dim() == 2 else feats.view(ctx.shape[0], len(classnames), -1)
+
+
+def plain_objective(method: PromptMethod | type[PromptMethod]) -> bool:
+    """True when the method trains on the cross-entropy of its logits alone (no own :meth:`PromptMethod.loss` or
+    :meth:`PromptMethod.gradients`): what the batched tuner and meta-step assume. Takes a method or its class."""
+    cls = method if isinstance(method, type) else type(method)
+    return cls.loss is PromptMethod.loss and cls.gradients is PromptMethod.gradients
 
 
 def _short(name: str, limit: int = 60) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Batch, PromptMethod
+from .base import Batch, PromptMethod, plain_objective
 
 
 def _linear_init(fan_in: int, fan_out: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -57,4 +57,4 @@ def cocoop_like(method: PromptMethod | type[PromptMethod]) -> bool:
     """True for CoCoOp and subclasses that keep its ``logits`` (frozen image features, per-image contexts):
     the contexts of several runs' images can share one text-encoder forward. Takes a method or its class."""
     cls = method if isinstance(method, type) else type(method)
-    return issubclass(cls, CoCoOp) and cls.logits is CoCoOp.logits and not cls.uses_pixels
+    return issubclass(cls, CoCoOp) and cls.logits is CoCoOp.logits and not cls.uses_pixels and plain_objective(cls)

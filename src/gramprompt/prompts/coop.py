@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Batch, PromptMethod
+from .base import Batch, PromptMethod, plain_objective
 
 
 class CoOp(PromptMethod):
@@ -20,7 +20,9 @@ class CoOp(PromptMethod):
 
 def coop_like(method: PromptMethod | type[PromptMethod]) -> bool:
     """True for CoOp and subclasses that keep its ``logits``: frozen image features scored against the text
-    features of ``[SOS] text_ctx <name>. [EOT]``, so several contexts (tasks, runs) can share one text-encoder
-    forward (the batched meta-step, the multi-run tuner). Takes a method or its class."""
+    features of ``[SOS] text_ctx <name>. [EOT]``, trained on their cross-entropy alone (:func:`plain_objective`), so
+    several contexts (tasks, runs) can share one text-encoder forward (the batched meta-step, the multi-run tuner).
+    Takes a method or its class."""
     cls = method if isinstance(method, type) else type(method)
-    return issubclass(cls, CoOp) and cls.logits is CoOp.logits and not cls.uses_pixels and not cls.text_per_image
+    return (issubclass(cls, CoOp) and cls.logits is CoOp.logits and not cls.uses_pixels and not cls.text_per_image
+            and plain_objective(cls))

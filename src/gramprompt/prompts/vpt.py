@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Batch, PromptMethod
+from .base import Batch, PromptMethod, plain_objective
 from .joint import Joint
 
 
@@ -37,4 +37,5 @@ def vpt_like(method: PromptMethod | type[PromptMethod]) -> bool:
     images can share one image-tower forward with per-image prompts (the multi-run tuner). Takes a method or
     its class."""
     cls = method if isinstance(method, type) else type(method)
-    return (issubclass(cls, VPT) and cls.logits is VPT.logits) or (issubclass(cls, Joint) and cls.logits is Joint.logits)
+    return plain_objective(cls) and ((issubclass(cls, VPT) and cls.logits is VPT.logits)
+                                     or (issubclass(cls, Joint) and cls.logits is Joint.logits))

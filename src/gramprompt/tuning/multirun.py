@@ -31,7 +31,7 @@ from torch import Tensor
 from ..data.dataset import Sample
 from ..errors import NonFiniteError
 from ..finite import check_finite, check_rate, check_skipped, nonfinite
-from ..prompts.base import Batch, PromptMethod
+from ..prompts.base import Batch, PromptMethod, plain_objective
 from ..prompts.cocoop import cocoop_like
 from ..prompts.coop import coop_like
 from ..prompts.vpt import vpt_like
@@ -149,6 +149,19 @@ def _vpt_logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], cl
     return [method._scores(img, text) for img in images]
 
 
+def _step_gradients(method: PromptMethod, runs: list[_Run], batches: list[tuple[Batch, Tensor, int]],
+                    classnames: list[str], stack: bool) -> list[tuple[Tensor, Tensor, Params]]:
+    """Each run's loss, logits and gradients on its batch: through the shared forward of :func:`_logits` for the
+    cross-entropy methods, else through the method's own :meth:`~PromptMethod.gradients` run by run."""
+    if not plain_objective(method):
+        return [method.gradients(r.params, b, classnames, y) for r, (b, y, _) in zip(runs, batches)]
+    logits = _logits(method, runs, [b for b, _, _ in batches], classnames, stack)
+    losses = [F.cross_entropy(lg, y) for lg, (_, y, _) in zip(logits, batches)]
+    leaves = [p for r in runs for p in r.params.values()]
+    grads = iter(torch.autograd.grad(sum(losses), leaves))  # run r's loss depends on its parameters only
+    return [(loss, lg, {name: next(grads) for name in r.params}) for r, loss, lg in zip(runs, losses, logits)]
+
+
 def _logits(method: PromptMethod, runs: list[_Run], batches: list[Batch], classnames: list[str],
             stack: bool) -> list[Tensor]:
     """Each run's logits on its batch; with ``stack``, one forward is shared where :func:`steps_together`
@@ -255,12 +268,8 @@ def _train_group(method: PromptMethod, live: list[_Run], classnames: list[str], 
             if not active:  # every run still in this epoch has failed
                 break
             batches = [r.batch(method, step, epoch) for r in active]
-            logits = _logits(method, active, [b for b, _, _ in batches], classnames, stack)
-            losses = [F.cross_entropy(lg, y) for lg, (_, y, _) in zip(logits, batches)]
-            leaves = [p for r in active for p in r.params.values()]
-            grads = iter(torch.autograd.grad(sum(losses), leaves))  # run r's loss depends on its parameters only
-            for r, loss, lg, (_, y, size) in zip(active, losses, logits, batches):
-                own = {name: next(grads) for name in r.params}
+            for r, (loss, lg, own), (_, y, size) in zip(active, _step_gradients(method, active, batches, classnames,
+                                                                                 stack), batches):
                 try:
                     r.apply(loss.detach(), lg.detach(), y, size, own, epoch, lr)
                 except NonFiniteError as err:

@@ -10,7 +10,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -145,9 +144,7 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             else:
                 cached = views[epoch % len(views)][0][idx.to(views[0][0].device)]
                 batch = Batch(features=cached) if kind == "features" else Batch(stems=cached)
-            logits = method.logits(params, batch, classnames)
-            loss = F.cross_entropy(logits, y)
-            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+            loss, logits, grads = method.gradients(params, batch, classnames, y)
             if grad_transform is not None:
                 grads = grad_transform(grads)
             if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads.values()):
