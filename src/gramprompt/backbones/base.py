@@ -33,6 +33,7 @@ class Backbone(Protocol):
     text_width: int  # token embedding width d of the text tower
     vision_width: int  # token width d_v of the vision transformer
     vision_layers: int  # number of transformer layers a deep visual prompt can reach
+    text_layers: int  # number of text transformer layers (deep text prompts reach layers 1 .. text_layers - 1)
     context_length: int  # maximum text sequence length (position embeddings)
     transform: ImageTransform  # preprocessing for this backbone's image encoder
     # True when the image "stem" (the frozen part before any visual prompt enters) is costly and
@@ -50,8 +51,10 @@ class Backbone(Protocol):
     def token_embeddings(self, ids: Tensor) -> Tensor:
         """(N, L) ids -> (N, L, d) input embeddings, no position embedding."""
 
-    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
-        """(N, L, d) token embeddings (soft tokens allowed) -> (N, D) text features (unnormalized)."""
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor, deep_prompts: Tensor | None = None) -> Tensor:
+        """(N, L, d) token embeddings (soft tokens allowed) -> (N, D) text features (unnormalized).
+        ``deep_prompts`` (J, M, d): the context after the first token is overwritten before layers 1..J
+        (``backbones.text_prompts``)."""
 
     def encode_image(self, pixels: Tensor, visual_prompts: Tensor | None = None) -> Tensor:
         """(B, 3, H, W) -> (B, D). ``visual_prompts``: (M, d_v) shallow or (depth, M, d_v) deep.

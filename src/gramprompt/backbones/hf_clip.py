@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from ..errors import GramError
 from .base import TokenizedText
+from .text_prompts import check_deep_text, replace_context
 from .visual_prompts import run_with_prompts
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class HFCLIPBackbone(nn.Module):
         self.text_width = cfg.text_config.hidden_size
         self.vision_width = cfg.vision_config.hidden_size
         self.vision_layers = cfg.vision_config.num_hidden_layers
+        self.text_layers = cfg.text_config.num_hidden_layers
         self.context_length = cfg.text_config.max_position_embeddings
 
     @classmethod
@@ -185,18 +187,22 @@ class HFCLIPBackbone(nn.Module):
     def token_embeddings(self, ids: Tensor) -> Tensor:
         return self.model.text_model.embeddings.token_embedding(ids)
 
-    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
-        """Causal transformer, pooled at the EOT token (position ``length - 1``).
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor, deep_prompts: Tensor | None = None) -> Tensor:
+        """Causal transformer, pooled at the EOT token (position ``length - 1``); ``deep_prompts`` (J, M, w)
+        overwrite the M context positions after SOS before layers 1..J (``backbones.text_prompts``).
 
         The mask is causal and pooling reads position ``length - 1``, so positions after the
         longest sequence's EOT cannot change any output: cutting them off is exact.
         """
         tm = self.model.text_model
+        check_deep_text(deep_prompts, self.text_layers)
         n = int(lengths.max()) if self.truncate else embeds.shape[1]
         if n > self.context_length:
             raise ValueError(f"text sequence of {n} tokens exceeds the context length {self.context_length}")
         x = embeds[:, :n] + tm.embeddings.position_embedding.weight[:n]
-        for layer in tm.encoder.layers:
+        for i, layer in enumerate(tm.encoder.layers):
+            if deep_prompts is not None and 0 < i <= len(deep_prompts):
+                x = replace_context(x, deep_prompts[i - 1])
             x = _block(layer, x, causal=True)
         x = tm.final_layer_norm(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]

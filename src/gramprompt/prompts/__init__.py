@@ -7,12 +7,13 @@ from .cocoop import CoCoOp
 from .coop import CoOp
 from .joint import Joint
 from .kgcoop import KgCoOp
+from .maple import MaPLe
 from .prograd import ProGrad
 from .templates import DEFAULT_TEMPLATE, template_for
 from .vpt import VPT, VPTDeep
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[PromptMethod]] = {m.name: m for m in (ZeroShot, CoOp, CoCoOp, VPT, VPTDeep, Joint, KgCoOp, ProGrad)}
+METHODS: dict[str, type[PromptMethod]] = {m.name: m for m in (ZeroShot, CoOp, CoCoOp, VPT, VPTDeep, Joint, KgCoOp, ProGrad, MaPLe)}
 
 
 def build_method(name: str, backbone: Backbone, config: PromptConfig | None = None, *,

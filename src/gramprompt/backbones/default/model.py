@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ...data.images import ImageTransform
 from ..base import TokenizedText
 from ..hf_clip import BackboneError, listing
+from ..text_prompts import check_deep_text, replace_context
 from .fused import OneDNNTrunk, fuse_for_inference
 from .head import HEADS, IMAGENET_CLASSES, HeadConfig
 from .towers import load_efficientnet_lite0, load_minilm
@@ -101,12 +102,33 @@ class MiniLMText(nn.Module):
     def token_embeddings(self, ids: Tensor) -> Tensor:
         return self.bert.embeddings.word_embeddings(ids)
 
-    def forward(self, embeds: Tensor, lengths: Tensor) -> Tensor:
-        """Padding is masked out, so cutting the batch at its longest sequence is exact."""
+    def forward(self, embeds: Tensor, lengths: Tensor, deep_prompts: Tensor | None = None) -> Tensor:
+        """Padding is masked out, so cutting the batch at its longest sequence is exact. ``deep_prompts``:
+        see :mod:`gramprompt.backbones.text_prompts` (the positions after [CLS])."""
         n = int(lengths.max())
         mask = (torch.arange(n, device=embeds.device)[None] < lengths[:, None]).to(embeds.dtype)
-        hidden = self.bert(inputs_embeds=embeds[:, :n], attention_mask=mask).last_hidden_state
+        if deep_prompts is None:
+            hidden = self.bert(inputs_embeds=embeds[:, :n], attention_mask=mask).last_hidden_state
+        else:
+            hidden = self.layer_by_layer(embeds[:, :n], mask, deep_prompts)
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+    @property
+    def layers(self) -> int:
+        return int(self.bert.config.num_hidden_layers)
+
+    def layer_by_layer(self, embeds: Tensor, mask: Tensor, deep_prompts: Tensor) -> Tensor:
+        """BERT's last hidden state, its layers run one at a time so that ``deep_prompts`` can enter between them;
+        with no sets (J = 0) it is what ``self.bert`` computes (tests/test_deep_text_prompts.py)."""
+        check_deep_text(deep_prompts, self.layers)
+        x = self.bert.embeddings(inputs_embeds=embeds)
+        additive = (1.0 - mask[:, None, None, :]) * torch.finfo(x.dtype).min  # BERT's extended attention mask
+        for i, layer in enumerate(self.bert.encoder.layer):
+            if 0 < i <= len(deep_prompts):
+                x = replace_context(x, deep_prompts[i - 1])
+            out = layer(x, attention_mask=additive)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
 
 
 CPU_TRUNK_CHUNK = 4  # images per trunk forward on CPU (see trunk_outputs)
@@ -132,6 +154,7 @@ class DefaultBackbone(nn.Module):
         self.text_width = self.text.width
         self.vision_width = head.cfg.width
         self.vision_layers = head.cfg.layers
+        self.text_layers = self.text.layers
         self.context_length = self.text.context_length
         try:  # frozen CPU inference runs the folded trunk as fused oneDNN calls (inference_stem)
             self._onednn_trunk: OneDNNTrunk | None = OneDNNTrunk(self.trunk)
@@ -157,8 +180,8 @@ class DefaultBackbone(nn.Module):
     def token_embeddings(self, ids: Tensor) -> Tensor:
         return self.text.token_embeddings(ids)
 
-    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor) -> Tensor:
-        return self.text(embeds, lengths)
+    def encode_text_embeddings(self, embeds: Tensor, lengths: Tensor, deep_prompts: Tensor | None = None) -> Tensor:
+        return self.text(embeds, lengths, deep_prompts)
 
     def trunk_outputs(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """EfficientNet's 7x7 feature map and its ImageNet logits. On CPU the images go through in chunks
