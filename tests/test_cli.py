@@ -116,7 +116,7 @@ def test_drift_tabulates_a_fewshot_run_and_exits_0_without_a_verdict(tiny_clip_d
 
 def test_unknown_method_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
-        main(["fewshot", "--backbone", "hf:x", "--method", "maple", "--dataset", "digits", "--out", "x"])
+        main(["fewshot", "--backbone", "hf:x", "--method", "coop++", "--dataset", "digits", "--out", "x"])
     assert "coop" in capsys.readouterr().err
 
 

@@ -102,7 +102,8 @@ def test_visual_methods_train_their_prompts_from_pixels(backbone, gen, name):
 
 
 def test_registry_and_templates(backbone):
-    assert set(METHODS) == {"zeroshot", "coop", "cocoop", "vpt", "vpt-deep", "joint", "kgcoop", "prograd"}
+    assert set(METHODS) == {"zeroshot", "coop", "cocoop", "vpt", "vpt-deep", "joint", "kgcoop", "prograd", "maple",
+                            "promptsrc"}
     with pytest.raises(ValueError, match="valid: zeroshot"):
         build_method("coop++", backbone)
     assert template_for("EuroSAT") == "a centered satellite photo of {}."

@@ -69,11 +69,16 @@ def add_objective_args(p: argparse.ArgumentParser) -> None:
                         "official runs)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="prograd: temperature of the distillation from zero-shot CLIP")
+    p.add_argument("--text-consistency", type=float, default=d.text_consistency,
+                   help="promptsrc: weight of the L1 distance to the frozen prompt-ensemble text features")
+    p.add_argument("--image-consistency", type=float, default=d.image_consistency,
+                   help="promptsrc: weight of the L1 distance to the frozen image features")
 
 
 def objective_settings(a: argparse.Namespace) -> dict[str, float]:
     """The PromptConfig fields :func:`add_objective_args` sets."""
-    return {"text_guidance": a.text_guidance, "projection": a.projection, "distill_temperature": a.distill_temperature}
+    return {"text_guidance": a.text_guidance, "projection": a.projection, "distill_temperature": a.distill_temperature,
+            "text_consistency": a.text_consistency, "image_consistency": a.image_consistency}
 
 
 def lr_scale(text: str) -> tuple[str, float]:

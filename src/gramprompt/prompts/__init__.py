@@ -9,11 +9,12 @@ from .joint import Joint
 from .kgcoop import KgCoOp
 from .maple import MaPLe
 from .prograd import ProGrad
+from .promptsrc import PromptSRC
 from .templates import DEFAULT_TEMPLATE, template_for
 from .vpt import VPT, VPTDeep
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[PromptMethod]] = {m.name: m for m in (ZeroShot, CoOp, CoCoOp, VPT, VPTDeep, Joint, KgCoOp, ProGrad, MaPLe)}
+METHODS: dict[str, type[PromptMethod]] = {m.name: m for m in (ZeroShot, CoOp, CoCoOp, VPT, VPTDeep, Joint, KgCoOp, ProGrad, MaPLe, PromptSRC)}
 
 
 def build_method(name: str, backbone: Backbone, config: PromptConfig | None = None, *,

@@ -46,11 +46,16 @@ class PromptConfig:
     text_guidance: float = 8.0  # KgCoOp's lambda: weight of 1 - mean cos(learned, hand-crafted class text features)
     projection: float = 1.0  # ProGrad's lambda: the share of a conflicting CE gradient's zero-shot component removed
     distill_temperature: float = 1.0  # ProGrad's T: temperature of its zero-shot distillation loss
+    text_consistency: float = 25.0  # PromptSRC: weight of L1(text features, frozen prompt-ensemble features)
+    image_consistency: float = 10.0  # PromptSRC: weight of L1(image features, frozen image features)
 
     def __post_init__(self) -> None:
-        if not (self.text_guidance >= 0 and self.projection >= 0 and self.distill_temperature > 0):
-            raise ValueError("text_guidance and projection must be >= 0 and distill_temperature > 0, got "
-                             f"{self.text_guidance}, {self.projection}, {self.distill_temperature}")
+        weights = {"text_guidance": self.text_guidance, "projection": self.projection,
+                   "text_consistency": self.text_consistency, "image_consistency": self.image_consistency}
+        bad = {k: v for k, v in weights.items() if not v >= 0}
+        if bad or not self.distill_temperature > 0:
+            raise ValueError(f"objective weights must be >= 0 and distill_temperature > 0, got {bad or ''}"
+                             f"{'' if self.distill_temperature > 0 else f' distill_temperature={self.distill_temperature}'}")
 
 
 class PromptMethod:

@@ -99,6 +99,20 @@ class TextCache:
             self._features[key] = feats
         return self._features[key]
 
+    def ensemble_features(self, classnames: list[str], templates: tuple[str, ...]) -> Tensor:
+        """The mean over ``templates`` of each class's hand-crafted text features, normalized after averaging, (C, D),
+        no grad: CLIP's prompt ensemble. One forward per template (C prompts each), cached per class set."""
+        key = (templates, tuple(classnames))
+        if key not in self._features:
+            total = None
+            for template in templates:
+                tok = self.backbone.tokenize([template.format(name) for name in classnames])
+                with torch.no_grad():
+                    feats = self.backbone.encode_text_embeddings(self.backbone.token_embeddings(tok.ids), tok.lengths)
+                total = feats.float() if total is None else total + feats.float()
+            self._features[key] = torch.nn.functional.normalize(total / len(templates), dim=-1)
+        return self._features[key]
+
     def phrase_embeddings(self, phrase: str) -> Tensor:
         """Token embeddings of a phrase without SOS/EOT, (M, d): CoOp's phrase initialization."""
         tok = self.backbone.tokenize([phrase])

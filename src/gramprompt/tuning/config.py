@@ -29,6 +29,10 @@ class TuneConfig:
     # A learning-rate multiplier per parameter group of the method (its ``groups``: "text", "visual",
     # "meta_net"), e.g. {"visual": 0.3} for joint tuning (0 freezes the group); a group not named here trains at lr.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # PromptSRC's Gaussian prompt aggregation (``tuning.gpa``): with a mean, the tuned prompts are the mean of each
+    # epoch's weighted by N(epoch; gpa_mean, gpa_std); None returns the last epoch's, as every other method does
+    gpa_mean: float | None = None
+    gpa_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -37,6 +41,9 @@ class TuneConfig:
             raise ValueError("feature_views and warmup_epochs must be >= 0")
         check_rate("the learning rate (--lr)", self.lr)  # at the config, so `experiment plan` refuses it too
         check_rate("warmup_lr", self.warmup_lr)
+        if not (math.isfinite(self.gpa_std) and self.gpa_std > 0) or (
+                self.gpa_mean is not None and not math.isfinite(self.gpa_mean)):
+            raise ValueError(f"gpa_mean must be finite and gpa_std > 0, got {self.gpa_mean}, {self.gpa_std}")
         bad = {k: v for k, v in self.lr_scale.items() if not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"lr_scale values must be finite and >= 0, got {bad}")

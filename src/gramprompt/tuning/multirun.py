@@ -37,7 +37,8 @@ from ..prompts.coop import coop_like
 from ..prompts.vpt import vpt_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
-from .train import MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift, set_lr, sgd
+from .train import (MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift, epoch_average,
+                    set_lr, sgd)
 
 CTX, VIS = "text_ctx", "visual_ctx"
 
@@ -70,6 +71,7 @@ class _Run:
             self.views = _cached_views(method, spec.samples, cfg, spec.seed, cache, spec.cache_key, self.kind)
             self.labels = self.views[0][1].cpu()
         self.opt = sgd(method, self.params, cfg)
+        self.average = epoch_average(cfg)
         self.order_gen, self.aug_gen = _seeded(spec.seed, -1), _seeded(spec.seed, -2)
         self.error: Exception | None = None
         self.steps_done = self.steps_skipped = 0
@@ -121,6 +123,12 @@ class _Run:
             self.spec.log(record)
         if self.spec.on_epoch is not None:
             self.spec.on_epoch(epoch + 1, self.params)
+        if self.average is not None:
+            self.average.add(epoch, self.params)
+
+    def result(self) -> Params:
+        """The tuned prompts: the last epoch's, or their Gaussian average (``TuneConfig.gpa_mean``)."""
+        return self.average.result() if self.average is not None else {k: v.detach() for k, v in self.params.items()}
 
 
 def steps_together(method: PromptMethod | type[PromptMethod]) -> bool:
@@ -252,8 +260,7 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
         size = min(size, runs_that_fit(bytes_per_run(method, live, classnames), memory))
     for i in range(0, len(live), size):  # the groups that fit, one after the other
         _train_group(method, live[i:i + size], classnames, cfg, stack)
-    return [{} if r is None else r.error if r.error is not None else {k: v.detach() for k, v in r.params.items()}
-            for r in runs]
+    return [{} if r is None else r.error if r.error is not None else r.result() for r in runs]
 
 
 def _train_group(method: PromptMethod, live: list[_Run], classnames: list[str], cfg: TuneConfig, stack: bool) -> None:

@@ -20,6 +20,7 @@ from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, encode_images, input_kind
+from .gpa import EpochAverage
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
         views = _cached_views(method, samples, cfg, seed, cache, cache_key, kind)
         labels = views[0][1].cpu()
     opt = sgd(method, params, cfg)
+    average = epoch_average(cfg)
     order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
     n = len(labels)
     steps_done, steps_skipped = 0, 0
@@ -168,6 +170,13 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             log(record)
         if on_epoch is not None:
             on_epoch(epoch + 1, params)
+        if average is not None:
+            average.add(epoch, params)
     check_skipped(steps_skipped, steps_done, MAX_SKIPPED, "prompt tuning",
                   "Lower --lr, or check the --init prompts and the training images.")
-    return {k: v.detach() for k, v in params.items()}
+    return average.result() if average is not None else {k: v.detach() for k, v in params.items()}
+
+
+def epoch_average(cfg: TuneConfig) -> EpochAverage | None:
+    """The Gaussian prompt aggregation of ``cfg`` (``tuning.gpa``), or None without ``gpa_mean``."""
+    return None if cfg.gpa_mean is None else EpochAverage(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)

@@ -1,6 +1,6 @@
-"""MaPLe and deep text prompts against references built from the official recipe on HF CLIP's own modules:
-the official ``ResidualAttentionBlock_MaPLe`` replacement rules re-created with forward hooks on HF's layers
-(independent of our layer loops), the official initialization, and where gradients flow."""
+"""MaPLe, PromptSRC and deep text prompts against references built from the official recipes on HF CLIP's own
+modules: the official ``ResidualAttentionBlock_MaPLe`` / ``_IVLP`` replacement rules re-created with forward hooks on
+HF's layers (independent of our layer loops), the official initialization and losses, and where gradients flow."""
 from __future__ import annotations
 
 import pytest
@@ -33,7 +33,7 @@ def _replace(start, values):
 
 
 def _official_text(backbone, params, m):
-    """MaPLe's text encoder: tokenize "<phrase> <name>.", overwrite the first m phrase tokens with ctx at the input
+    """MaPLe's (and IVLP's) text encoder: tokenize "<phrase> <name>.", overwrite the first m phrase tokens with ctx at the input
     and with deep_text[i - 1] before layer i, pool at EOT, project (HF's get_text_features, hooked)."""
     tm = backbone.model.text_model
     ids = backbone.tokenize([f"{PHRASE} {n}." for n in NAMES]).ids
@@ -51,7 +51,7 @@ def _official_text(backbone, params, m):
 
 
 def _official_image(backbone, pixels, prompts):
-    """MaPLe's vision encoder: prompts[0] appended after the patch tokens before ln_pre, prompts[i] replacing the
+    """MaPLe's (and IVLP's) vision encoder: prompts[0] appended after the patch tokens before ln_pre, prompts[i] replacing the
     last M tokens before layer i (HF's get_image_features, hooked)."""
     vm = backbone.model.vision_model
     m = prompts.shape[1]
@@ -181,3 +181,76 @@ def test_minilm_layer_by_layer_equals_bert_and_places_deep_prompts():
     assert (ours - plain).abs().max() > 1e-3
     pooled = (ref * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     assert_fp32_close(default.encode_text_embeddings(emb, tok.lengths, deep), pooled, **tol)
+
+
+def test_promptsrc_prompts_and_loss_equal_the_official_ones(backbone, gen):
+    """trainers/promptsrc.py: IVLP prompts; CE + KL(zs || prompted, sum / (B C)) + 25 L1(text, 60-template mean)
+    + 10 L1(image, frozen image), all features normalized."""
+    from gramprompt.prompts.templates import ENSEMBLE_TEMPLATES
+
+    src = build_method("promptsrc", backbone, PromptConfig(text_tokens=4, text_init=PHRASE, visual_tokens=4))
+    params = src.init_params(gen)
+    assert torch.equal(params["text_ctx"], src.text.phrase_embeddings(PHRASE))  # the whole phrase is learned
+    assert params["deep_text"].shape == (1, 4, backbone.text_width)
+    assert params["visual_ctx"].shape == (2, 4, backbone.vision_width) and float(params["visual_ctx"].std()) < 0.05
+    params = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    pixels = torch.randn(4, 3, 32, 32, generator=gen)
+    y = torch.tensor([0, 1, 2, 0])
+    loss, logits = src.loss(params, Batch(pixels=pixels), NAMES, y)
+    with torch.no_grad():
+        with full_length(backbone):
+            text = F.normalize(_official_text(backbone, params, 4), dim=-1)
+        image = F.normalize(_official_image(backbone, pixels, params["visual_ctx"]), dim=-1)
+        frozen_image = F.normalize(_hf(backbone.model.get_image_features(pixel_values=pixels)), dim=-1)
+        ensemble = torch.stack([_hf(backbone.model.get_text_features(
+            input_ids=backbone.tokenize([t.replace("{}", n) for n in NAMES]).ids)) for t in ENSEMBLE_TEMPLATES])
+        fixed = F.normalize(ensemble.mean(0), dim=-1)
+        scale = backbone.model.logit_scale.exp()
+        ref_logits = scale * image @ text.t()
+        zs = scale * frozen_image @ fixed.t()
+        kl = F.kl_div(F.log_softmax(ref_logits, 1), F.log_softmax(zs, 1), reduction="sum", log_target=True)
+        ref = (F.cross_entropy(ref_logits, y) + kl / ref_logits.numel() + 25 * F.l1_loss(text, fixed)
+               + 10 * F.l1_loss(image, frozen_image))
+    tol = clip_logits(backbone, ("text", "vision"), extra_depth=4)
+    assert_fp32_close(logits, ref_logits, **tol)
+    assert_fp32_close(loss, ref, **tol)
+    assert torch.allclose(src.logits(params, Batch(pixels=pixels), NAMES), logits, atol=1e-5)
+
+
+def test_gpa_weights_are_the_official_normalized_gaussian():
+    import numpy as np
+
+    from gramprompt.tuning.gpa import gpa_weights
+
+    dens = lambda x, mu, s: (1 / (s * np.sqrt(2 * np.pi))) * np.exp(-0.5 * ((x - mu) / s) ** 2)  # noqa: E731
+    for n, mu, s in ((20, 15, 1), (20, 6, 10), (10, 15, 1)):
+        ref = np.array([dens(e, mu, s) for e in range(1, n + 1)])
+        assert np.allclose(gpa_weights(n, mu, s), ref / ref.sum(), rtol=1e-12, atol=1e-15)
+    e = np.exp(-0.5)
+    assert np.allclose(gpa_weights(3, 2, 1), [e / (1 + 2 * e), 1 / (1 + 2 * e), e / (1 + 2 * e)])
+    assert gpa_weights(2, 1000, 1)[1] == pytest.approx(1.0)  # far from every epoch: no 0 / 0
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_tuner_returns_the_gaussian_average_of_the_epochs(backbone, many):
+    """With gpa_mean the tuned prompts are sum_e w_e * (prompts after epoch e), the single-run and multi-run tuners."""
+    from gramprompt.data.dataset import Sample
+    from gramprompt.tuning.config import TuneConfig
+    from gramprompt.tuning.gpa import gpa_weights
+    from gramprompt.tuning.multirun import RunSpec, train_many
+    from gramprompt.tuning.train import train_prompts
+
+    g = torch.Generator().manual_seed(3)
+    samples = [Sample((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy(), i % 3) for i in range(6)]
+    method = build_method("coop", backbone)
+    init = method.init_params(torch.Generator().manual_seed(0))
+    cfg = TuneConfig(epochs=4, batch_size=2, lr=0.05, warmup_epochs=0, gpa_mean=3.0, gpa_std=1.0)
+    seen = []
+    keep = lambda epoch, params: seen.append(params["text_ctx"].detach().clone())  # noqa: E731
+    if many:
+        out = train_many(method, [RunSpec(init, samples, 1, on_epoch=keep)], NAMES, cfg)[0]
+    else:
+        out = train_prompts(method, init, samples, NAMES, cfg, seed=1, on_epoch=keep)
+    expected = sum(w * p for w, p in zip(gpa_weights(4, 3.0, 1.0), seen))
+    assert len(seen) == 4 and torch.allclose(out["text_ctx"], expected, atol=1e-6)
+    assert not torch.allclose(out["text_ctx"], seen[-1], atol=1e-4)
