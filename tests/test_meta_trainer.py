@@ -279,3 +279,22 @@ def test_a_full_disk_is_one_clear_line(capsys, tmp_path, monkeypatch):
 
     err = OSError(errno_.ENOSPC, "No space left on device", str(tmp_path / "x.npy"))
     assert cli._one_line(err).startswith(f"no space left on the device while writing {tmp_path / 'x.npy'}")
+
+
+@pytest.mark.parametrize("method_name,prompt,inputs_of", [
+    ("kgcoop", PromptConfig(), "data"),
+    ("maple", PromptConfig(text_tokens=2, visual_tokens=2, text_init="a photo of a"), "pixel_data"),
+    ("promptsrc", PromptConfig(text_tokens=2, visual_tokens=2), "pixel_data"),
+])
+def test_gram_meta_trains_the_methods_users_compare_against(backbone, request, tmp_path, method_name, prompt, inputs_of):
+    """GRAM over KgCoOp, MaPLe and PromptSRC: every prompt tensor is meta-learned and has its regulator (the inner
+    and query losses are the methods' own objectives: tests/test_prompt_objectives.py)."""
+    sampler, inputs = request.getfixturevalue(inputs_of)
+    method = build_method(method_name, backbone, prompt)
+    cfg = config(iterations=2, stats_every=0)
+    logs = []
+    state = MetaTrainer(method, sampler, inputs, cfg, tmp_path, log=logs.append).run()
+    theta0 = method.init_params(torch.Generator().manual_seed(cfg.seed))
+    assert set(state.theta) == set(theta0) and all(not torch.equal(state.theta[k], theta0[k]) for k in theta0)
+    assert {k.rsplit(".", 1)[0] for k in state.phi} == set(theta0)
+    assert len(logs) == 2 and all(np.isfinite(r["meta_loss"]) for r in logs)
