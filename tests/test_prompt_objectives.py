@@ -203,3 +203,13 @@ def test_multirun_tuner_trains_own_objectives_as_the_single_run_tuner(backbone, 
     many = train_many(method, [RunSpec(init, samples, s) for s, init in zip((0, 1), inits)], NAMES, cfg)
     for a, b, init in zip(single, many, inits):
         assert torch.equal(a["text_ctx"], b["text_ctx"]) and not torch.equal(a["text_ctx"], init["text_ctx"])
+
+
+def test_prograd_official_initialization_pads_the_phrase_with_zeros(backbone, gen):
+    """trainers/prograd.py: ctx = [0] * (M - p) followed by the p token embeddings of the phrase."""
+    pg = build_method("prograd", backbone, PromptConfig(text_tokens=16, text_init="a photo of a"))
+    ctx = pg.init_params(gen)["text_ctx"]
+    phrase = pg.text.phrase_embeddings("a photo of a")
+    assert ctx.shape == (16, backbone.text_width) and torch.equal(ctx[12:], phrase) and not ctx[:12].any()
+    same = build_method("prograd", backbone, PromptConfig(text_tokens=4, text_init="a photo of a"))
+    assert torch.equal(same.init_params(gen)["text_ctx"], phrase)

@@ -20,6 +20,17 @@ from .coop import CoOp
 class ProGrad(CoOp):
     name = "prograd"
 
+    def _text_ctx_init(self, generator: torch.Generator) -> Tensor:
+        """The official initialization: with a phrase shorter than the context, zero vectors and then the phrase
+        (M = 16 and "a photo of a": 12 zeros, then its 4 token embeddings); otherwise CoOp's."""
+        cfg = self.config
+        if cfg.text_init and cfg.text_tokens:
+            phrase = self.text.phrase_embeddings(cfg.text_init).float()
+            if len(phrase) < cfg.text_tokens:
+                pad = torch.zeros(cfg.text_tokens - len(phrase), phrase.shape[1], dtype=phrase.dtype, device=phrase.device)
+                return torch.cat([pad, phrase])
+        return super()._text_ctx_init(generator)
+
     def losses(self, params: dict[str, Tensor], batch: Batch, classnames: list[str],
                labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The cross-entropy, the distillation loss from zero-shot CLIP, and the logits."""
