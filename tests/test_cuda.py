@@ -80,7 +80,7 @@ def test_features_equal_the_cpu_ones(backbone, gpu):
 
 
 @pytest.mark.parametrize("regulated", [False, True], ids=["plain", "regulated"])
-@pytest.mark.parametrize("name", ["coop", "cocoop", "vpt", "joint"])
+@pytest.mark.parametrize("name", ["coop", "cocoop", "vpt", "joint", "kgcoop", "prograd", "maple", "promptsrc"])
 def test_tuning_on_cuda_equals_tuning_on_cpu(backbone, gpu, name, regulated):
     ref, init = _tune(backbone, name, regulated)
     out, _ = _tune(gpu, name, regulated)
