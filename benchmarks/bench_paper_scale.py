@@ -257,8 +257,15 @@ def meta_iteration(bb, method_name: str, prompt, tasks, cfg, out: Path) -> Calla
     return step
 
 
+# the tuning steps measured (official prompt shapes of the four compared methods; depth 9 for MaPLe and PromptSRC)
+STEP_LABELS = {"coop": "CoOp", "cocoop": "CoCoOp", "vpt": "VPT", "joint": "UNIGRAM", "kgcoop": "KgCoOp",
+               "prograd": "ProGrad (16 tokens)", "maple": "MaPLe", "promptsrc": "PromptSRC"}
+
+
 def tuning_step(bb, method_name: str, prompt, batch, classnames: list[str], seed: int) -> Callable[[], object]:
-    """One step of ``train_prompts``: logits, cross-entropy, autograd.grad, SGD (CoCoOp's schedule)."""
+    """One step of ``train_prompts``: the method's loss and update gradients (cross-entropy and autograd.grad for
+    most; KgCoOp's, ProGrad's and PromptSRC's own), SGD (CoCoOp's schedule). Frozen targets (hand-crafted or
+    ensemble text features) are computed once beforehand, as the tuner caches them."""
     from gramprompt.prompts import build_method
     from gramprompt.tuning.config import TuneConfig
 
@@ -267,15 +274,13 @@ def tuning_step(bb, method_name: str, prompt, batch, classnames: list[str], seed
     tc = TuneConfig()
     opt = torch.optim.SGD(list(params.values()), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     method.text.class_tokens(classnames)
-    if method_name == "vpt":
-        method.text.template_features(classnames, method.template)
     y = torch.zeros(len(next(v for v in vars(batch).values() if v is not None)), dtype=torch.long)
+    method.loss(params, batch, classnames, y)  # warm the frozen-target caches (templates, ensembles)
 
     def step():
-        loss = F.cross_entropy(method.logits(params, batch, classnames), y)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        for p, g in zip(params.values(), grads):
-            p.grad = g
+        _, _, grads = method.gradients(params, batch, classnames, y)
+        for name, p in params.items():
+            p.grad = grads[name]
         opt.step()
 
     return step
@@ -414,10 +419,15 @@ def main(argv: list[str] | None = None) -> int:
                                         flops_only=True))
         feats1 = Batch(features=torch.randn(1, bb.embed_dim, generator=gen))
         pix1 = Batch(pixels=torch.randn(1, 3, size, size, generator=gen))
+        phrase = "a photo of a"
         for name, batch, prompt in (("coop", feats1, PromptConfig()), ("cocoop", feats1, PromptConfig()),
                                     ("vpt", pix1, PromptConfig()),
-                                    ("joint", pix1, PromptConfig(text_tokens=2, visual_tokens=2))):
-            label = {"coop": "CoOp", "cocoop": "CoCoOp", "vpt": "VPT", "joint": "UNIGRAM"}[name]
+                                    ("joint", pix1, PromptConfig(text_tokens=2, visual_tokens=2)),
+                                    ("kgcoop", feats1, PromptConfig(text_init=phrase)),
+                                    ("prograd", feats1, PromptConfig(text_tokens=16, text_init=phrase)),
+                                    ("maple", pix1, PromptConfig(text_tokens=2, text_init=phrase)),
+                                    ("promptsrc", pix1, PromptConfig(text_tokens=4, visual_tokens=4, text_init=phrase))):
+            label = STEP_LABELS[name]
             m(f"step-{name}", f"tuning step {label}", f"batch 1, {n_classes} classes, "
               f"{'cached features' if batch is feats1 else 'pixels'}",
               tuning_step(bb, name, prompt, batch, classnames, args.seed))
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                           r.saved_bytes / ways * held,
                           f"scaled: {n_tasks} x (reduced + {extra} images x one image fwd+bwd); ops x {n_tasks}; "
                           f"activations per image x {held} images held; CPU time x FLOPs"))
-    for name in ("coop", "cocoop", "vpt", "joint"):
+    for name in STEP_LABELS:
         r = by[f"step-{name}"]
         units.append(Unit(r.key, r.label, "step", r.flops, r.ops, r.seconds, r.saved_bytes, "measured"))
 
