@@ -53,9 +53,10 @@ class PromptConfig:
         weights = {"text_guidance": self.text_guidance, "projection": self.projection,
                    "text_consistency": self.text_consistency, "image_consistency": self.image_consistency}
         bad = {k: v for k, v in weights.items() if not v >= 0}
-        if bad or not self.distill_temperature > 0:
-            raise ValueError(f"objective weights must be >= 0 and distill_temperature > 0, got {bad or ''}"
-                             f"{'' if self.distill_temperature > 0 else f' distill_temperature={self.distill_temperature}'}")
+        if not self.distill_temperature > 0:
+            bad["distill_temperature"] = self.distill_temperature
+        if bad:
+            raise ValueError(f"objective weights must be >= 0 and distill_temperature > 0, got {bad}")
 
 
 class PromptMethod:
