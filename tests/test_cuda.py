@@ -180,3 +180,32 @@ def test_evaluation_on_cuda_equals_the_cpu_one(backbone, gpu, name):
 def test_available_memory_reads_the_device():
     free = available_memory(DEVICE)
     assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+
+
+@pytest.mark.parametrize("name", ["coop", "kgcoop", "prograd"])
+def test_the_training_step_makes_no_device_synchronization(gpu, name):
+    """CUDA's sync debug mode warns at every synchronizing call; a tuner's count must not grow with its steps (the
+    per-epoch reads of the totals are the only ones)."""
+    import warnings
+
+    from gramprompt.tuning.config import TuneConfig
+
+    if DEVICE.type != "cuda":
+        pytest.skip("CUDA's sync debug mode (on the CPU, tests/test_tuning_sync.py counts host reads)")
+
+    method = build_method(name, gpu, template="a photo of a {}.")
+    init = method.init_params(torch.Generator().manual_seed(0))
+    samples = _samples(4, 0)
+    counts = []
+    for batch in (4, 1):  # 3 and 12 steps an epoch
+        cfg = TuneConfig(epochs=2, batch_size=batch, lr=0.05, warmup_epochs=0, feature_views=1)
+        train_prompts(method, init, samples, NAMES, cfg, seed=1, cache=FeatureCache(gpu))  # caches first
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_prompts(method, init, samples, NAMES, cfg, seed=1, cache=FeatureCache(gpu))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], f"synchronizations grew with the steps: {counts}"

@@ -192,11 +192,13 @@ class HFCLIPBackbone(nn.Module):
         overwrite the M context positions after SOS before layers 1..J (``backbones.text_prompts``).
 
         The mask is causal and pooling reads position ``length - 1``, so positions after the
-        longest sequence's EOT cannot change any output: cutting them off is exact.
+        longest sequence's EOT cannot change any output: cutting them off is exact. Embeddings already shorter than
+        the context length were cut by the caller (the prompt methods cut at the longest EOT) and are used as they
+        are, without reading ``lengths`` on the host (no device round-trip in a training step).
         """
         tm = self.model.text_model
         check_deep_text(deep_prompts, self.text_layers)
-        n = int(lengths.max()) if self.truncate else embeds.shape[1]
+        n = embeds.shape[1] if embeds.shape[1] < self.context_length or not self.truncate else int(lengths.max())
         if n > self.context_length:
             raise ValueError(f"text sequence of {n} tokens exceeds the context length {self.context_length}")
         x = embeds[:, :n] + tm.embeddings.position_embedding.weight[:n]

@@ -54,10 +54,9 @@ class ProGrad(CoOp):
 
 def project(g: Tensor, g_kd: Tensor, strength: float = 1.0) -> Tensor:
     """``g`` less ``strength`` times its component along ``g_kd`` when the two point apart (negative dot product),
-    else ``g``. A zero ``g_kd`` has no direction and leaves ``g`` as it is (the official code would divide by 0)."""
+    else ``g``. A zero ``g_kd`` has no direction and leaves ``g`` as it is (the official code would divide by 0).
+    Decided on the device (no host round-trip), with no NaN in either branch (their gradients meet in ``where``)."""
     norm = torch.linalg.vector_norm(g_kd)
-    if not bool(norm > 0):
-        return g
-    u = g_kd / norm
+    u = g_kd / torch.where(norm > 0, norm, torch.ones_like(norm))
     along = (g * u).sum()
-    return g - strength * along * u if bool(along < 0) else g
+    return torch.where(along < 0, g - strength * along * u, g)

@@ -20,7 +20,6 @@ error in the result and stops; the others go on. ``train_prompts`` stays the one
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,8 +36,8 @@ from ..prompts.coop import coop_like
 from ..prompts.vpt import vpt_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
-from .train import (MAX_SKIPPED, GradTransform, Params, _cached_views, _decoded_images, _seeded, drift, epoch_average,
-                    set_lr, sgd)
+from .train import (MAX_SKIPPED, GradTransform, Params, StepTotals, _cached_views, _decoded_images, _seeded, drift,
+                    epoch_average, masked_step, set_lr, sgd, step_ok)
 
 CTX, VIS = "text_ctx", "visual_ctx"
 
@@ -65,11 +64,12 @@ class _Run:
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in spec.init.items()}
         self.kind = input_kind(method)
         if self.kind == "pixels":
-            self.images, self.labels = _decoded_images(spec.samples)
+            self.images, labels = _decoded_images(spec.samples)
             self.views = None
         else:
             self.views = _cached_views(method, spec.samples, cfg, spec.seed, cache, spec.cache_key, self.kind)
-            self.labels = self.views[0][1].cpu()
+            labels = self.views[0][1]
+        self.labels = labels.to(method.backbone.device)  # indexed on the device: no copy per step
         self.opt = sgd(method, self.params, cfg)
         self.average = epoch_average(cfg)
         self.order_gen, self.aug_gen = _seeded(spec.seed, -1), _seeded(spec.seed, -2)
@@ -82,42 +82,41 @@ class _Run:
 
     def start_epoch(self, lr: float) -> None:
         set_lr(self.opt, lr)
-        self.perm = torch.randperm(self.n, generator=self.order_gen)
+        perm = torch.randperm(self.n, generator=self.order_gen)
+        self.order, self.perm = perm.tolist(), perm.to(self.labels.device)
         self.steps = range(0, self.n, self.cfg.batch_size)
-        self.total_loss, self.correct, self.skipped = 0.0, 0, 0
+        self.totals = StepTotals(self.labels.device)
 
     def batch(self, method: PromptMethod, step: int, epoch: int) -> tuple[Batch, Tensor, int]:
         """The ``step``-th batch of this epoch: inputs, labels and its size."""
         device = method.backbone.device
-        idx = self.perm[self.steps[step]:self.steps[step] + self.cfg.batch_size]
-        y = self.labels[idx].to(device)
+        start = self.steps[step]
+        idx = self.perm[start:start + self.cfg.batch_size]
+        y = self.labels[idx]
         if self.views is None:
-            pixels = torch.stack([method.backbone.transform.train(self.images[i], self.aug_gen) for i in idx.tolist()])
+            pixels = torch.stack([method.backbone.transform.train(self.images[i], self.aug_gen)
+                                  for i in self.order[start:start + self.cfg.batch_size]])
             return Batch(pixels=pixels.to(device)), y, len(idx)
         cached = self.views[epoch % len(self.views)][0][idx.to(self.views[0][0].device)]
         return (Batch(features=cached) if self.kind == "features" else Batch(stems=cached)), y, len(idx)
 
-    def apply(self, loss: Tensor, logits: Tensor, y: Tensor, size: int, grads: Params, epoch: int, lr: float) -> None:
-        """One optimizer step from this run's raw gradients, as ``train_prompts`` takes it."""
+    def apply(self, loss: Tensor, logits: Tensor, y: Tensor, size: int, grads: Params) -> None:
+        """One optimizer step from this run's raw gradients, as ``train_prompts`` takes it (skipped on the device
+        when not finite)."""
         if self.spec.grad_transform is not None:
             grads = self.spec.grad_transform(grads)
-        if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads.values()):
-            self.skipped += 1
-            return
-        for name, p in self.params.items():
-            p.grad = grads[name].to(p.dtype)
-        self.opt.step()
-        bad = nonfinite({k: v.detach() for k, v in self.params.items()})
-        if bad:
-            raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(bad)} non-finite "
-                                 f"(lr {lr:g}); lower --lr")
-        self.total_loss += loss.item() * size
-        self.correct += int((logits.argmax(-1) == y).sum())
+        ok = step_ok(loss, grads)
+        masked_step(self.opt, self.params, grads, ok)
+        self.totals.add(ok, loss, logits, y, size, self.params)
 
     def end_epoch(self, epoch: int, lr: float) -> None:
-        self.steps_done, self.steps_skipped = self.steps_done + len(self.steps), self.steps_skipped + self.skipped
-        record = {"epoch": epoch + 1, "lr": lr, "loss": self.total_loss / max(self.n, 1),
-                  "train_acc": 100.0 * self.correct / max(self.n, 1), "skipped_steps": self.skipped,
+        total_loss, correct, skipped, broke = self.totals.read()
+        if broke:
+            raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(nonfinite(self.params))} non-finite "
+                                 f"(lr {lr:g}); lower --lr")
+        self.steps_done, self.steps_skipped = self.steps_done + len(self.steps), self.steps_skipped + skipped
+        record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / max(self.n, 1),
+                  "train_acc": 100.0 * correct / max(self.n, 1), "skipped_steps": skipped,
                   "drift": drift(self.params, self.spec.init)}
         if self.spec.log is not None:
             self.spec.log(record)
@@ -270,20 +269,17 @@ def _train_group(method: PromptMethod, live: list[_Run], classnames: list[str], 
         for r in live:
             r.start_epoch(lr)
         for step in range(max((len(r.steps) for r in live), default=0)):
-            # a failed run stops; runs with fewer images finish their epoch first
-            active = [r for r in live if r.error is None and step < len(r.steps)]
-            if not active:  # every run still in this epoch has failed
-                break
+            active = [r for r in live if step < len(r.steps)]  # runs with fewer images finish their epoch first
             batches = [r.batch(method, step, epoch) for r in active]
             for r, (loss, lg, own), (_, y, size) in zip(active, _step_gradients(method, active, batches, classnames,
                                                                                  stack), batches):
-                try:
-                    r.apply(loss.detach(), lg.detach(), y, size, own, epoch, lr)
-                except NonFiniteError as err:
-                    r.error = err
-        live = [r for r in live if r.error is None]
+                r.apply(loss.detach(), lg.detach(), y, size, own)
         for r in live:
-            r.end_epoch(epoch, lr)
+            try:  # a run whose update broke a parameter fails here, at the end of the epoch
+                r.end_epoch(epoch, lr)
+            except NonFiniteError as err:
+                r.error = err
+        live = [r for r in live if r.error is None]
     for r in live:
         try:
             check_skipped(r.steps_skipped, r.steps_done, MAX_SKIPPED, "prompt tuning",

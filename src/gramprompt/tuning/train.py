@@ -81,8 +81,62 @@ def sgd(method: PromptMethod, params: Params, cfg: TuneConfig) -> torch.optim.SG
     grouped: dict[str, list[Tensor]] = {}
     for name, p in params.items():
         grouped.setdefault(method.groups.get(name, name), []).append(p)
-    return torch.optim.SGD([{"params": ps, "scale": cfg.lr_scale.get(g, 1.0)} for g, ps in grouped.items()],
-                           lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD([{"params": ps, "scale": cfg.lr_scale.get(g, 1.0)} for g, ps in grouped.items()],
+                          lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.momentum:  # zero buffers from the start: the first step's buf = 0 * m + d_p is torch's clone of d_p,
+        for p in params.values():  # and a skipped first step has a buffer to restore (masked_step)
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return opt
+
+
+def step_ok(loss: Tensor, grads: Params) -> Tensor:
+    """A 0-dim bool on the device: the loss and every gradient are finite. Never read on the host per step."""
+    flags = [torch.isfinite(loss).reshape(())] + [torch.isfinite(g).all() for g in grads.values()]
+    return torch.stack(flags).all()
+
+
+@torch.no_grad()
+def masked_step(opt: torch.optim.SGD, params: Params, grads: Params, ok: Tensor) -> None:
+    """``opt.step()`` with ``grads`` where ``ok`` holds, and no change at all (parameters and momentum buffers as
+    before) where it does not: a non-finite step is skipped on the device, without a host round-trip. Where ``ok``
+    holds the values are ``opt.step()``'s own, bit for bit."""
+    before = {k: [t.clone() for t in _step_state(opt, p)] for k, p in params.items()}
+    for name, p in params.items():
+        p.grad = grads[name].to(p.dtype)
+    opt.step()
+    for name, p in params.items():
+        for now, old in zip(_step_state(opt, p), before[name]):
+            now.copy_(torch.where(ok, now, old))
+
+
+def _step_state(opt: torch.optim.SGD, p: Tensor) -> list[Tensor]:
+    """What an SGD step changes for ``p``: the parameter, and its momentum buffer (made at the start by :func:`sgd`)."""
+    buf = opt.state[p].get("momentum_buffer")
+    return [p] if buf is None else [p, buf]
+
+
+class StepTotals:
+    """An epoch's loss sum, correct count, skipped steps and whether an update broke a parameter, kept on the device
+    and read once (:meth:`read`), so that a training step never waits for the device."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.broke = torch.zeros((), dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def add(self, ok: Tensor, loss: Tensor, logits: Tensor, y: Tensor, size: int, params: Params) -> None:
+        """A step's totals: counted where ``ok``, a skip where not; ``params`` after the (masked) step."""
+        self.loss += torch.where(ok, loss.detach().double() * size, 0.0)
+        self.correct += torch.where(ok, (logits.argmax(-1) == y).sum(), 0)
+        self.skipped += (~ok).long()
+        self.broke |= ~step_ok(torch.zeros((), device=ok.device), {k: v.detach() for k, v in params.items()})
+
+    def read(self) -> tuple[float, int, int, bool]:
+        """(loss sum, correct, skipped, broke) on the host: one synchronization per epoch."""
+        values = torch.stack([self.loss, self.correct.double(), self.skipped.double(), self.broke.double()]).tolist()
+        return values[0], int(values[1]), int(values[2]), bool(values[3])
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -130,18 +184,21 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     average = epoch_average(cfg)
     order_gen, aug_gen = _seeded(seed, -1), _seeded(seed, -2)
     n = len(labels)
+    labels = labels.to(device)  # indexed on the device: no host-to-device copy per step
     steps_done, steps_skipped = 0, 0
     for epoch in range(cfg.epochs):
         lr = lr_at_epoch(cfg, epoch)
         set_lr(opt, lr)
         perm = torch.randperm(n, generator=order_gen)
-        total_loss, correct, skipped = 0.0, 0, 0
+        order, perm = perm.tolist(), perm.to(device)
+        totals = StepTotals(device)
         steps = range(0, n, cfg.batch_size)
         for start in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=len(steps) < 50):
             idx = perm[start:start + cfg.batch_size]
-            y = labels[idx].to(device)
+            y = labels[idx]
             if views is None:
-                pixels = torch.stack([method.backbone.transform.train(images[i], aug_gen) for i in idx.tolist()])
+                pixels = torch.stack([method.backbone.transform.train(images[i], aug_gen)
+                                      for i in order[start:start + cfg.batch_size]])
                 batch = Batch(pixels=pixels.to(device))
             else:
                 cached = views[epoch % len(views)][0][idx.to(views[0][0].device)]
@@ -149,18 +206,13 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             loss, logits, grads = method.gradients(params, batch, classnames, y)
             if grad_transform is not None:
                 grads = grad_transform(grads)
-            if not math.isfinite(loss.item()) or not all(torch.isfinite(g).all() for g in grads.values()):
-                skipped += 1
-                continue
-            for name, p in params.items():
-                p.grad = grads[name].to(p.dtype)
-            opt.step()
-            bad = nonfinite({k: v.detach() for k, v in params.items()})
-            if bad:
-                raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(bad)} non-finite "
-                                     f"(lr {lr:g}); lower --lr")
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == y).sum())
+            ok = step_ok(loss, grads)
+            masked_step(opt, params, grads, ok)
+            totals.add(ok, loss, logits, y, len(idx), params)
+        total_loss, correct, skipped, broke = totals.read()
+        if broke:
+            raise NonFiniteError(f"epoch {epoch + 1}: an update made {', '.join(nonfinite(params))} non-finite "
+                                 f"(lr {lr:g}); lower --lr")
         if skipped:
             logger.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient", epoch + 1, skipped)
         steps_done, steps_skipped = steps_done + len(steps), steps_skipped + skipped

@@ -103,9 +103,10 @@ class MiniLMText(nn.Module):
         return self.bert.embeddings.word_embeddings(ids)
 
     def forward(self, embeds: Tensor, lengths: Tensor, deep_prompts: Tensor | None = None) -> Tensor:
-        """Padding is masked out, so cutting the batch at its longest sequence is exact. ``deep_prompts``:
+        """Padding is masked out, so cutting the batch at its longest sequence is exact; embeddings shorter than the
+        context length were cut by the caller and are used as they are (no host read of ``lengths``). ``deep_prompts``:
         see :mod:`gramprompt.backbones.text_prompts` (the positions after [CLS])."""
-        n = int(lengths.max())
+        n = embeds.shape[1] if embeds.shape[1] < self.context_length else int(lengths.max())
         mask = (torch.arange(n, device=embeds.device)[None] < lengths[:, None]).to(embeds.dtype)
         if deep_prompts is None:
             hidden = self.bert(inputs_embeds=embeds[:, :n], attention_mask=mask).last_hidden_state
