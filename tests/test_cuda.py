@@ -209,3 +209,21 @@ def test_the_training_step_makes_no_device_synchronization(gpu, name):
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
     assert counts[0] == counts[1], f"synchronizations grew with the steps: {counts}"
+
+
+def test_device_augmentation_on_cuda_is_the_host_augmentation():
+    """The same boxes and flips as ImageTransform.train for the same seed, pixels equal up to the resampler's
+    rounding (tests/test_device_augment.py on the CPU)."""
+    from gramprompt.data.images import ImageTransform
+    from gramprompt.tuning.augment import DeviceAugment
+    from test_device_augment import _images
+
+    t = ImageTransform(size=32)
+    images = _images()
+    aug = DeviceAugment(t, images, DEVICE)
+    g_host, g_dev = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    host = torch.stack([t.train(images[i], g_host) for i in (3, 0, 5, 1)])
+    dev = aug.batch([3, 0, 5, 1], g_dev)
+    assert dev.device.type == DEVICE.type
+    levels = ((dev.cpu() - host) * torch.tensor(t.std).view(1, 3, 1, 1) * 255).abs()
+    assert float(levels.mean()) < 0.5 and float(torch.quantile(levels.flatten(), 0.999)) <= 3.0

@@ -36,8 +36,8 @@ from ..prompts.coop import coop_like
 from ..prompts.vpt import vpt_like
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, input_kind
-from .train import (MAX_SKIPPED, GradTransform, Params, StepTotals, _cached_views, _decoded_images, _seeded, drift,
-                    epoch_average, masked_step, set_lr, sgd, step_ok)
+from .train import (MAX_SKIPPED, GradTransform, Params, StepTotals, _cached_views, _decoded_images, _seeded, augmented,
+                    device_augment, drift, epoch_average, masked_step, set_lr, sgd, step_ok)
 
 CTX, VIS = "text_ctx", "visual_ctx"
 
@@ -65,6 +65,7 @@ class _Run:
         self.kind = input_kind(method)
         if self.kind == "pixels":
             self.images, labels = _decoded_images(spec.samples)
+            self.augment = device_augment(method, self.images)
             self.views = None
         else:
             self.views = _cached_views(method, spec.samples, cfg, spec.seed, cache, spec.cache_key, self.kind)
@@ -89,14 +90,12 @@ class _Run:
 
     def batch(self, method: PromptMethod, step: int, epoch: int) -> tuple[Batch, Tensor, int]:
         """The ``step``-th batch of this epoch: inputs, labels and its size."""
-        device = method.backbone.device
         start = self.steps[step]
         idx = self.perm[start:start + self.cfg.batch_size]
         y = self.labels[idx]
         if self.views is None:
-            pixels = torch.stack([method.backbone.transform.train(self.images[i], self.aug_gen)
-                                  for i in self.order[start:start + self.cfg.batch_size]])
-            return Batch(pixels=pixels.to(device)), y, len(idx)
+            chosen = self.order[start:start + self.cfg.batch_size]
+            return Batch(pixels=augmented(method, self.images, self.augment, chosen, self.aug_gen)), y, len(idx)
         cached = self.views[epoch % len(self.views)][0][idx.to(self.views[0][0].device)]
         return (Batch(features=cached) if self.kind == "features" else Batch(stems=cached)), y, len(idx)
 

@@ -20,6 +20,7 @@ from ..finite import check_finite, check_rate, check_skipped, nonfinite
 from ..prompts.base import Batch, PromptMethod
 from .config import TuneConfig, lr_at_epoch
 from .features import FeatureCache, encode_images, input_kind
+from .augment import DeviceAugment
 from .gpa import EpochAverage
 
 logger = logging.getLogger(__name__)
@@ -174,9 +175,11 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
         return params
     device = method.backbone.device
     kind = input_kind(method)
+    augment = None
     if kind == "pixels":
         images, labels = _decoded_images(samples)
         views = None
+        augment = device_augment(method, images)
     else:
         views = _cached_views(method, samples, cfg, seed, cache, cache_key, kind)
         labels = views[0][1].cpu()
@@ -197,9 +200,7 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             idx = perm[start:start + cfg.batch_size]
             y = labels[idx]
             if views is None:
-                pixels = torch.stack([method.backbone.transform.train(images[i], aug_gen)
-                                      for i in order[start:start + cfg.batch_size]])
-                batch = Batch(pixels=pixels.to(device))
+                batch = Batch(pixels=augmented(method, images, augment, order[start:start + cfg.batch_size], aug_gen))
             else:
                 cached = views[epoch % len(views)][0][idx.to(views[0][0].device)]
                 batch = Batch(features=cached) if kind == "features" else Batch(stems=cached)
@@ -227,6 +228,22 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
     check_skipped(steps_skipped, steps_done, MAX_SKIPPED, "prompt tuning",
                   "Lower --lr, or check the --init prompts and the training images.")
     return average.result() if average is not None else {k: v.detach() for k, v in params.items()}
+
+
+def device_augment(method: PromptMethod, images: list) -> DeviceAugment | None:
+    """The augmentation of a pixel method's training images: on an accelerator, its pixel work on the device
+    (:class:`~gramprompt.tuning.augment.DeviceAugment`: the same boxes and flips); on the CPU, None: PIL's, as always."""
+    device = method.backbone.device
+    return None if device.type == "cpu" else DeviceAugment(method.backbone.transform, images, device)
+
+
+def augmented(method: PromptMethod, images: list, augment: DeviceAugment | None, indices: list[int],
+              generator: torch.Generator) -> Tensor:
+    """The training views of ``images[indices]`` on the backbone's device, drawn from ``generator``."""
+    if augment is not None:
+        return augment.batch(indices, generator)
+    pixels = torch.stack([method.backbone.transform.train(images[i], generator) for i in indices])
+    return pixels.to(method.backbone.device)
 
 
 def epoch_average(cfg: TuneConfig) -> EpochAverage | None:
