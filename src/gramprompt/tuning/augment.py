@@ -1,7 +1,7 @@
 """Training augmentation with the pixel work on the accelerator.
 
 ``ImageTransform.train`` crops, resizes and flips every image with PIL on the host, one image after another: on a GPU
-that host work, not the arithmetic, sets the pace of the visual-prompt runs (issue 34). Here the crop boxes and flips
+that host work, not the arithmetic, sets the pace of the visual-prompt runs. Here the crop boxes and flips
 are drawn on the host exactly as ``ImageTransform.train`` draws them (the same generator calls in the same order, so
 the same boxes and flips for the same seed: equal in distribution by construction, and run for run), and the pixels
 go to the device as the cropped uint8 region, where they are resized (bicubic with antialiasing, PIL's filter),
