@@ -19,6 +19,7 @@ from gramprompt.meta.regulator import RegulatorConfig
 from gramprompt.meta.step import TaskData, adapt, task_loss
 from gramprompt.meta.tasks import TaskConfig, TaskSampler
 from gramprompt.meta.trainer import MetaConfig, MetaTrainer
+from gramprompt.prompts.base import PromptMethod
 
 CORE, SPURIOUS, DOMAINS, PER_DOMAIN = 8, 24, 4, 15
 
@@ -28,6 +29,8 @@ class Reweight:
 
     name = "reweight"
     uses_pixels = False
+    loss = PromptMethod.loss  # cross-entropy of its logits, as every method without its own objective
+    gradients = PromptMethod.gradients
 
     def __init__(self, class_embeddings: torch.Tensor):
         self.emb = class_embeddings
