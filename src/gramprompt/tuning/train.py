@@ -90,10 +90,14 @@ def sgd(method: PromptMethod, params: Params, cfg: TuneConfig) -> torch.optim.SG
     return opt
 
 
+def all_finite(tensors: list[Tensor]) -> Tensor:
+    """A 0-dim bool on the device: every entry of every tensor is finite. Never read on the host per step."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
 def step_ok(loss: Tensor, grads: Params) -> Tensor:
-    """A 0-dim bool on the device: the loss and every gradient are finite. Never read on the host per step."""
-    flags = [torch.isfinite(loss).reshape(())] + [torch.isfinite(g).all() for g in grads.values()]
-    return torch.stack(flags).all()
+    """The step may be taken: its loss and every gradient are finite (:func:`all_finite`)."""
+    return all_finite([loss, *grads.values()])
 
 
 @torch.no_grad()
@@ -132,7 +136,7 @@ class StepTotals:
         self.loss += torch.where(ok, loss.detach().double() * size, 0.0)
         self.correct += torch.where(ok, (logits.argmax(-1) == y).sum(), 0)
         self.skipped += (~ok).long()
-        self.broke |= ~step_ok(torch.zeros((), device=ok.device), {k: v.detach() for k, v in params.items()})
+        self.broke |= ~all_finite(list(params.values()))
 
     def read(self) -> tuple[float, int, int, bool]:
         """(loss sum, correct, skipped, broke) on the host: one synchronization per epoch."""
