@@ -98,6 +98,9 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpa", nargs=2, type=float, default=None, metavar=("MEAN", "STD"),
                    help="return the prompts averaged over epochs with Gaussian weights N(epoch; MEAN, STD), PromptSRC's "
                         "aggregation (official: 15 1 over 20 epochs) (default: the last epoch's)")
+    p.add_argument("--autocast", choices=["none", "bf16"], default=None,
+                   help="bf16: each training step's forward and backward under bfloat16 autocast, the prompts and SGD's "
+                        "state fp32 (on a GPU; offline Table 1 agreement in docs/RESULTS.md) (default: fp32)")
     p.add_argument("--feature-views", type=int, default=d_tune.feature_views,
                    help="augmented views per training image cached for text-only methods (0: no augmentation)")
     p.add_argument("--text-tokens", type=int, default=d_prompt.text_tokens, help="learned text context tokens")
@@ -116,7 +119,8 @@ def _fewshot_config(a: argparse.Namespace) -> FewShotConfig:
         prompt=PromptConfig(text_tokens=a.text_tokens, text_init=a.text_init, visual_tokens=a.visual_tokens,
                             visual_depth=a.visual_depth, **objective_settings(a)),
         tune=TuneConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, feature_views=a.feature_views,
-                        lr_scale=dict(a.lr_scale), **({} if a.gpa is None else {"gpa_mean": a.gpa[0], "gpa_std": a.gpa[1]})))
+                        lr_scale=dict(a.lr_scale), autocast=None if a.autocast == "none" else a.autocast,
+                        **({} if a.gpa is None else {"gpa_mean": a.gpa[0], "gpa_std": a.gpa[1]})))
 
 
 def _run_dir(a: argparse.Namespace, config: dict) -> RunDir:

@@ -33,13 +33,13 @@ from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import ImageBatch, Task, TaskConfig, TaskSampler
+from gramprompt.autocast import autocast, check_autocast
 from gramprompt.prompts.base import Batch, PromptMethod
 from gramprompt.runs import flat_settings
 
 logger = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
-AUTOCAST = {"none": None, "bf16": torch.bfloat16}
 MAX_SKIPPED = 0.1  # more skipped (non-finite) meta-batches than this fraction fail the run: theta* is not saved
 MAX_SKIPPED_IN_A_ROW = 20  # this many in a row: theta or phi itself gives non-finite losses, stop at once
 HINT = "Lower --lr-theta, --lr-phi or --inner-lr."
@@ -139,8 +139,7 @@ class MetaTrainer:
     def initial_state(self) -> MetaState:
         if self.cfg.mode not in ("gram", "pretrain"):
             raise ValueError(f"meta-training mode must be 'gram' or 'pretrain', got {self.cfg.mode!r}")
-        if self.cfg.autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be one of {sorted(AUTOCAST)}, got {self.cfg.autocast!r}")
+        check_autocast(self.cfg.autocast)
         for name in ("lr_theta", "lr_phi", "inner_lr"):
             check_rate(f"{name} (--{name.replace('_', '-')})", getattr(self.cfg, name))
         gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -174,8 +173,7 @@ class MetaTrainer:
         while state.iteration < cfg.iterations:
             tasks = self._draw(rng)
             with_stats = cfg.stats_every > 0 and (state.iteration + 1) % cfg.stats_every == 0
-            with torch.autocast(self.method.backbone.device.type, dtype=AUTOCAST[cfg.autocast] or torch.bfloat16,
-                                enabled=AUTOCAST[cfg.autocast] is not None):
+            with autocast(self.method.backbone.device, cfg.autocast):
                 loss, stats = self._loss(state, tasks, with_stats)
             params = [*state.theta.values(), *state.phi.values()]
             grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..autocast import check_autocast
 from ..finite import check_rate
 
 
@@ -33,6 +34,9 @@ class TuneConfig:
     # epoch's weighted by N(epoch; gpa_mean, gpa_std); None returns the last epoch's, as every other method does
     gpa_mean: float | None = None
     gpa_std: float = 1.0
+    # "bf16": each step's forward and backward under bf16 autocast (``gramprompt.autocast``), the prompts and the
+    # momentum fp32; None: fp32 throughout (the default: the one proven equal to the official code)
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -44,6 +48,7 @@ class TuneConfig:
         if not (math.isfinite(self.gpa_std) and self.gpa_std > 0) or (
                 self.gpa_mean is not None and not math.isfinite(self.gpa_mean)):
             raise ValueError(f"gpa_mean must be finite and gpa_std > 0, got {self.gpa_mean}, {self.gpa_std}")
+        check_autocast(self.autocast)
         bad = {k: v for k, v in self.lr_scale.items() if not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"lr_scale values must be finite and >= 0, got {bad}")

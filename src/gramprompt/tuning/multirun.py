@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..autocast import autocast
 from ..data.dataset import Sample
 from ..errors import NonFiniteError
 from ..finite import check_finite, check_rate, check_skipped, nonfinite
@@ -255,7 +256,8 @@ def train_many(method: PromptMethod, specs: Sequence[RunSpec], classnames: list[
     live = [r for r in runs if r is not None]
     size = max(len(live), 1)
     if stack and memory is not None and len(live) > 1 and steps_together(method):
-        size = min(size, runs_that_fit(bytes_per_run(method, live, classnames), memory))
+        with autocast(method.backbone.device, cfg.autocast):  # the probe saves what the steps will save
+            size = min(size, runs_that_fit(bytes_per_run(method, live, classnames), memory))
     for i in range(0, len(live), size):  # the groups that fit, one after the other
         _train_group(method, live[i:i + size], classnames, cfg, stack)
     return [{} if r is None else r.error if r.error is not None else r.result() for r in runs]
@@ -270,8 +272,9 @@ def _train_group(method: PromptMethod, live: list[_Run], classnames: list[str], 
         for step in range(max((len(r.steps) for r in live), default=0)):
             active = [r for r in live if step < len(r.steps)]  # runs with fewer images finish their epoch first
             batches = [r.batch(method, step, epoch) for r in active]
-            for r, (loss, lg, own), (_, y, size) in zip(active, _step_gradients(method, active, batches, classnames,
-                                                                                 stack), batches):
+            with autocast(method.backbone.device, cfg.autocast):
+                steps = _step_gradients(method, active, batches, classnames, stack)
+            for r, (loss, lg, own), (_, y, size) in zip(active, steps, batches):
                 r.apply(loss.detach(), lg.detach(), y, size, own)
         for r in live:
             try:  # a run whose update broke a parameter fails here, at the end of the epoch

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..autocast import autocast
 from ..data.dataset import Sample
 from ..data.images import ImageLoadError, load_image
 from ..errors import GramError, NonFiniteError
@@ -208,7 +209,8 @@ def train_prompts(method: PromptMethod, init: Params, samples: Sequence[Sample],
             else:
                 cached = views[epoch % len(views)][0][idx.to(views[0][0].device)]
                 batch = Batch(features=cached) if kind == "features" else Batch(stems=cached)
-            loss, logits, grads = method.gradients(params, batch, classnames, y)
+            with autocast(device, cfg.autocast):
+                loss, logits, grads = method.gradients(params, batch, classnames, y)
             if grad_transform is not None:
                 grads = grad_transform(grads)
             ok = step_ok(loss, grads)
