@@ -227,3 +227,18 @@ def test_device_augmentation_on_cuda_is_the_host_augmentation():
     assert dev.device.type == DEVICE.type
     levels = ((dev.cpu() - host) * torch.tensor(t.std).view(1, 3, 1, 1) * 255).abs()
     assert float(levels.mean()) < 0.5 and float(torch.quantile(levels.flatten(), 0.999)) <= 3.0
+
+
+@pytest.mark.parametrize("name", ["coop", "vpt"])
+def test_bf16_tuning_on_cuda_keeps_fp32_prompts_and_moves_them_as_fp32_does(gpu, name):
+    """TuneConfig.autocast on the device (tests/test_tuning_autocast.py's criterion on the CPU)."""
+    import dataclasses
+
+    method = build_method(name, gpu)
+    init = method.init_params(torch.Generator().manual_seed(0))
+    outs = [train_prompts(method, init, _samples(4, 0), NAMES, dataclasses.replace(CFG, autocast=precision), seed=1,
+                          cache=FeatureCache(gpu)) for precision in (None, "bf16")]
+    for k, v in outs[1].items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+        moved = float((outs[0][k] - init[k]).abs().max())
+        assert float((v - outs[0][k]).abs().max()) < 0.5 * moved, k
