@@ -236,7 +236,8 @@ def meta_tasks(method, n_tasks: int, ways: int, support: int, query: int, image_
 def meta_iteration(bb, method_name: str, prompt, tasks, cfg, out: Path) -> Callable[[], object]:
     """The trainer's meta-iteration on fixed tasks: its loss, then autograd.grad w.r.t. theta and phi
     (statistics off, as on 9 of every 10 iterations; the Adam update of a few KB of prompts is left out)."""
-    from gramprompt.meta.trainer import AUTOCAST, MetaTrainer
+    from gramprompt.autocast import autocast
+    from gramprompt.meta.trainer import MetaTrainer
     from gramprompt.prompts import build_method
 
     method = build_method(method_name, bb, prompt)
@@ -247,10 +248,9 @@ def meta_iteration(bb, method_name: str, prompt, tasks, cfg, out: Path) -> Calla
         method.text.class_tokens(t.classnames)
         if method.name == "vpt":
             method.text.template_features(t.classnames, method.template)
-    dtype = AUTOCAST[cfg.autocast]
 
     def step():
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(torch.device("cpu"), cfg.autocast):
             loss, _ = trainer._loss(state, tasks, False)
         return torch.autograd.grad(loss, params, allow_unused=True)
 
