@@ -36,6 +36,7 @@ def test_every_packaged_config_loads(name, monkeypatch):
     # the first GPU run has one seed (tests/test_smoke_config.py); the offline tables 5 seeds x 3 hierarchies,
     # choosing on validation data and the demo 3 seeds x 1; the paper-scale tables 3 seeds (the paper's) x 1
     seeds = {"vit_b16/smoke": (1,), "offline/validation": (1, 2, 3), "offline/validation_joint": (1, 2, 3),
+             "offline/validation_compared": (1, 2, 3),
              "offline/demo": (1, 2)}.get(
         name, (1, 2, 3) if name.startswith("offline/scale/validation/") else
         (1, 2, 3, 4, 5) if name.startswith("offline/") else (1, 2, 3))
