@@ -27,13 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from gramprompt.autocast import autocast, check_autocast
 from gramprompt.errors import GramError, NonFiniteError, RunFolderError
 from gramprompt.finite import check_finite, check_rate, check_skipped
 from gramprompt.meta.batched import batched_meta_loss, supports_batched
 from gramprompt.meta.regulator import FORM_BEFORE_FORMS, RegulatorConfig, init_regulator
 from gramprompt.meta.step import TaskData, meta_loss, task_loss
 from gramprompt.meta.tasks import ImageBatch, Task, TaskConfig, TaskSampler
-from gramprompt.autocast import autocast, check_autocast
 from gramprompt.prompts.base import Batch, PromptMethod
 from gramprompt.runs import flat_settings
 
