@@ -100,7 +100,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
                         "aggregation (official: 15 1 over 20 epochs) (default: the last epoch's)")
     p.add_argument("--autocast", choices=["none", "bf16"], default=None,
                    help="bf16: each training step's forward and backward under bfloat16 autocast, the prompts and SGD's "
-                        "state fp32 (for a GPU; the offline/precision config measures its agreement with fp32) (default: fp32)")
+                        "state fp32 (for a GPU; agrees with fp32 on the offline Table 1 rows, docs/RESULTS.md) (default: fp32)")
     p.add_argument("--feature-views", type=int, default=d_tune.feature_views,
                    help="augmented views per training image cached for text-only methods (0: no augmentation)")
     p.add_argument("--text-tokens", type=int, default=d_prompt.text_tokens, help="learned text context tokens")
