@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from gramprompt.data.dataset import Sample
 from gramprompt.prompts import build_method
 from gramprompt.tuning.config import TuneConfig
 from gramprompt.tuning.features import FeatureCache
 from gramprompt.tuning.multirun import RunSpec, train_many
 from gramprompt.tuning.train import sgd, train_prompts
+from test_multirun import NAMES, _samples
 
-NAMES = ["zero", "one", "two"]
 FP32 = TuneConfig(epochs=2, batch_size=4, lr=0.05, warmup_epochs=1, feature_views=2)
 BF16 = dataclasses.replace(FP32, autocast="bf16")
 
 
-def _samples(seed: int) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    return [Sample(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), c) for c in range(3) for _ in range(4)]
-
-
 def _tune(method, init, cfg: TuneConfig, seed: int = 1):
-    return train_prompts(method, init, _samples(seed), NAMES, cfg, seed=seed, cache=FeatureCache(method.backbone))
+    return train_prompts(method, init, _samples(4, seed), NAMES, cfg, seed=seed, cache=FeatureCache(method.backbone))
 
 
 @pytest.mark.parametrize("name", ["coop", "vpt", "joint"])
@@ -61,7 +54,7 @@ def test_sgd_state_stays_fp32_under_bf16(backbone, gen):
 def test_bf16_runs_stepped_one_by_one_equal_bf16_train_prompts_bit_for_bit(backbone, gen, name):
     method = build_method(name, backbone)
     inits = [method.init_params(gen) for _ in range(2)]
-    specs = [RunSpec(inits[i], _samples(i + 1), seed=i + 1) for i in range(2)]
+    specs = [RunSpec(inits[i], _samples(4, i + 1), seed=i + 1) for i in range(2)]
     together = train_many(method, specs, NAMES, BF16, cache=FeatureCache(backbone), stack=False)
     for spec, out in zip(specs, together):
         alone = train_prompts(method, spec.init, spec.samples, NAMES, BF16, seed=spec.seed,

@@ -20,7 +20,7 @@ def check_autocast(name: str | None) -> None:
 
 
 def autocast(device: torch.device, name: str | None) -> contextlib.AbstractContextManager:
-    """The autocast context of ``name`` on ``device``'s type (a no-op for None and "none")."""
-    check_autocast(name)
-    dtype = AUTOCAST.get(name or "none")
+    """The autocast context of ``name`` on ``device``'s type (a no-op for None and "none"); the configs check the
+    name once (:func:`check_autocast`), so a training step only looks it up."""
+    dtype = AUTOCAST[name or "none"]
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..autocast import AUTOCAST
 from ..backbones import load_backbone
 from ..backbones.registry import DTYPES, resolve_device
 from ..prompts import METHODS, PromptConfig
@@ -63,7 +64,7 @@ def _add_meta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain", action="store_true",
                    help="ablation (- meta-learning): plain classification of the clustered images, topic words "
                         "as classes")
-    p.add_argument("--autocast", choices=["none", "bf16"], default=d_meta.autocast,
+    p.add_argument("--autocast", choices=sorted(AUTOCAST), default=d_meta.autocast,
                    help="bf16: forward passes under bfloat16 autocast (on a GPU; theta, phi and Adam stay fp32)")
     p.add_argument("--grad-clip", type=float, default=d_meta.grad_clip,
                    help="clip the global norm of the (theta, phi) meta-gradient to this (0: off)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import locks
+from ..autocast import AUTOCAST
 from ..backbones import load_backbone
 from ..backbones.registry import DTYPES, resolve_device
 from ..data.registry import SPEC_FORMS as DATASET_FORMS
@@ -98,7 +99,7 @@ def _add_fewshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpa", nargs=2, type=float, default=None, metavar=("MEAN", "STD"),
                    help="return the prompts averaged over epochs with Gaussian weights N(epoch; MEAN, STD), PromptSRC's "
                         "aggregation (official: 15 1 over 20 epochs) (default: the last epoch's)")
-    p.add_argument("--autocast", choices=["none", "bf16"], default=None,
+    p.add_argument("--autocast", choices=sorted(AUTOCAST), default=None,
                    help="bf16: each training step's forward and backward under bfloat16 autocast, the prompts and SGD's "
                         "state fp32 (for a GPU; agrees with fp32 on the offline Table 1 rows, docs/RESULTS.md) (default: fp32)")
     p.add_argument("--feature-views", type=int, default=d_tune.feature_views,
