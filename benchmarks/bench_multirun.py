@@ -27,6 +27,7 @@ Target (issue 16): >= 4x on 2 CPU cores for 12 CoOp runs. No assertion; run with
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from contextlib import nullcontext
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = matmul_rate(2048, repeats=5, device=device)
         for _ in range(args.warmup or (1 if device.type == "cuda" else 0)):  # kernel selection, allocator pools
             sequential(specs[:1]), together(specs[:2])
-        rows = []
+        rows, digests = [], {}
         for n_runs in run_counts:
             times = {"sequential": [], "together": []}
             results = {}
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     synchronize()
                     times[name].append(time.perf_counter() - t0)
             seq, tog = (sorted(times[k])[len(times[k]) // 2] for k in ("sequential", "together"))
+            digests[n_runs] = {k: prompt_digest(v, key) for k, v in results.items()}
             diff = max(float((a[key] - b[key]).abs().max()) for a, b in zip(results["sequential"], results["together"]))
             moved = max(float((a[key] - s.init[key]).abs().max()) for a, s in zip(results["sequential"], specs))
             counter = FlopCounterMode(display=False)
@@ -152,9 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         ["runs", "one after another (train_prompts)", "together (train_many)", "speed-up", "target",
          "GFLOP (together)", "together, of the matmul rate", "speed-up bound (all FLOPs at the matmul rate)",
          "max |difference| of the tuned prompts", "largest update (for scale)"], rows))
+    for n_runs, d in digests.items():
+        print(f"prompt digest, {n_runs} runs: one after another {d['sequential']}, together {d['together']}")
     print("\nThe bound: no way of running the same FLOPs beats the matmul rate, so sequential time / (FLOPs / rate) is the "
           "largest speed-up any batching of these runs can reach here.")
     return 0
+
+
+def prompt_digest(results: list[dict], key: str) -> str:
+    """SHA-256 (first 16 hex digits) of the tuned prompts' bytes, in run order: two code versions whose digests
+    match tuned bit-identical prompts (the arithmetic was unchanged)."""
+    h = hashlib.sha256()
+    for r in results:
+        h.update(r[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 if __name__ == "__main__":
