@@ -11,7 +11,6 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gramprompt.autocast import autocast
 from gramprompt.backbones.base import Backbone, TokenizedText
 from gramprompt.chc import reuse
 from gramprompt.chc.config import FeatureConfig
@@ -77,16 +77,19 @@ def _encode_tokens(backbone: Backbone, tok: TokenizedText, chunk: int) -> torch.
 
 @torch.inference_mode()
 def backbone_features(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
-                      stems: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      stems: list[np.ndarray] | None = None,
+                      image_autocast: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalized image features (N, D) and the backbone's image-caption cosine similarity (N,);
-    with a ``stems`` list, the images' stems are appended to it (float16, flat) on the way."""
+    with a ``stems`` list, the images' stems are appended to it (float16, flat) on the way. ``image_autocast``
+    applies to the image tower only."""
     pixels = pixels.to(backbone.device, backbone.dtype)
-    if stems is not None:
-        stem = backbone.encode_image_stem(pixels)
-        stems.append(stem.reshape(len(stem), -1).to(torch.float16).cpu().numpy())
-        img = backbone.encode_image_from_stem(stem)
-    else:
-        img = backbone.encode_image(pixels)
+    with autocast(backbone.device, image_autocast):
+        if stems is not None:
+            stem = backbone.encode_image_stem(pixels)
+            stems.append(stem.reshape(len(stem), -1).to(torch.float16).cpu().numpy())
+            img = backbone.encode_image_from_stem(stem)
+        else:
+            img = backbone.encode_image(pixels)
     img = torch.nn.functional.normalize(img.float(), dim=-1)
     txt = torch.nn.functional.normalize(encode_texts(backbone, captions), dim=-1)
     return img.cpu().numpy(), (img * txt).sum(-1).cpu().numpy()
@@ -145,8 +148,7 @@ class FeatureExtractor:
         """What a shard's files depend on besides its pairs (``chc.reuse``)."""
         if self._fingerprint is None:
             self._fingerprint = backbone_fingerprint(self.backbone)
-        features = {k: v for k, v in asdict(self.config).items() if k not in ("batch_size", "reuse")}
-        return {"backbone": self._fingerprint, "features": features, "fast": self.fast,
+        return {"backbone": self._fingerprint, "features": self.config.recorded(), "fast": self.fast,
                 "stems": bool(self.config.stems and self.backbone.cache_stems)}
 
     def _stem_parts(self) -> list[np.ndarray] | None:
@@ -175,7 +177,8 @@ class FeatureExtractor:
                     continue
                 batch.append(pair)
             if batch:
-                img, sim = backbone_features(self.backbone, torch.stack(pixels), [p.caption for p in batch], stem_parts)
+                img, sim = backbone_features(self.backbone, torch.stack(pixels), [p.caption for p in batch], stem_parts,
+                                             self.config.image_autocast)
                 img_parts.append(img)
                 sim_parts.append(sim)
                 pairs.extend(batch)
@@ -210,7 +213,7 @@ class FeatureExtractor:
             if not batch:
                 return batch, None, None, errors
             stems: list[np.ndarray] | None = [] if want_stems else None
-            img = image_features(backbone, to_pixels.stack(images), stems)
+            img = image_features(backbone, to_pixels.stack(images), stems, self.config.image_autocast)
             return batch, img, stems[0] if stems else None, errors
 
         def text_job(start: int):
@@ -300,18 +303,21 @@ TEXT_CHUNK = 16  # captions per text-tower forward in the fast path (a shard's d
 
 
 @torch.inference_mode()
-def image_features(backbone: Backbone, pixels: torch.Tensor, stems: list[np.ndarray] | None = None) -> torch.Tensor:
+def image_features(backbone: Backbone, pixels: torch.Tensor, stems: list[np.ndarray] | None = None,
+                   image_autocast: str | None = None) -> torch.Tensor:
     """L2-normalized image features (N, D) as ``backbone_features`` computes them, through the backbone's
-    ``inference_stem`` where it has one; with a ``stems`` list, the stems are appended (float16, flat)."""
+    ``inference_stem`` where it has one; with a ``stems`` list, the stems are appended (float16, flat). Under
+    ``image_autocast`` the plain stem runs instead (the fused trunk holds fp32 weights and ignores autocast)."""
     pixels = pixels.to(backbone.device, backbone.dtype)
-    stem_fn = getattr(backbone, "inference_stem", None)
-    if stems is not None or stem_fn is not None:
-        stem = (stem_fn or backbone.encode_image_stem)(pixels)
-        if stems is not None:
-            stems.append(stem.reshape(len(stem), -1).to(torch.float16).cpu().numpy())
-        img = backbone.encode_image_from_stem(stem)
-    else:
-        img = backbone.encode_image(pixels)
+    stem_fn = None if image_autocast else getattr(backbone, "inference_stem", None)
+    with autocast(backbone.device, image_autocast):
+        if stems is not None or stem_fn is not None:
+            stem = (stem_fn or backbone.encode_image_stem)(pixels)
+            if stems is not None:
+                stems.append(stem.reshape(len(stem), -1).to(torch.float16).cpu().numpy())
+            img = backbone.encode_image_from_stem(stem)
+        else:
+            img = backbone.encode_image(pixels)
     return torch.nn.functional.normalize(img.float(), dim=-1)
 
 

@@ -25,11 +25,11 @@ SETTINGS_FILE = "settings.json"
 
 def feature_settings(pairs: str, backbone: str, cfg: CHCConfig) -> dict[str, Any]:
     """What the stored features depend on, the shard layout included (another ``shard_size`` would
-    cut the pairs differently and repeat some). The batch size and shard reuse are left out: they set
-    speed and memory, not what is computed, and must stay free to change on a resume (e.g. after
-    running out of memory)."""
-    features = {k: v for k, v in asdict(cfg.features).items() if k not in ("batch_size", "reuse")}
-    return {"pairs": pairs, "backbone": backbone_name(backbone), "shard_size": cfg.shard_size, "features": features}
+    cut the pairs differently and repeat some). The batch size and shard reuse are left out
+    (``FeatureConfig.recorded``): they set speed and memory, not what is computed, and must stay free to change
+    on a resume (e.g. after running out of memory)."""
+    return {"pairs": pairs, "backbone": backbone_name(backbone), "shard_size": cfg.shard_size,
+            "features": cfg.features.recorded()}
 
 
 def topic_settings(store, cfg: CHCConfig, reducer=None, clusterer=None) -> dict[str, Any]:
