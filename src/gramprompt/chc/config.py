@@ -25,9 +25,10 @@ class FeatureConfig:
     # by the backbone's weights, these settings and the shard's pairs, so nested corpora
     # (``openclipart+iconify:N``) and stores under other roots encode a pair once
     reuse: bool = True
-    # bf16 autocast for the image tower only ("bf16"; None: fp32). The default backbone's trunk runs about 2x
-    # faster on a CPU with AVX512-BF16. Captions stay fp32, so the topics are those of fp32 features; the image
-    # features (visual domains, the image-caption filter) and stems move by bf16 rounding (docs/CHC.md measures it)
+    # bf16 autocast for the image tower only ("bf16"; None: fp32): the default backbone's trunk ran 1.6-2.3x
+    # faster on a CPU with AVX512-BF16 (features 1.4x). Captions stay fp32, so the topics are those of fp32
+    # features; the image features (visual domains, the image-caption filter) and stems move by bf16 rounding
+    # (docs/CHC.md measures it)
     image_autocast: str | None = None
 
     def __post_init__(self) -> None:
